@@ -1,0 +1,66 @@
+"""`python -m ingest PATH...`: chunk and embed lesson files into the index."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ingest.job import IngestJob, discover
+from rag.cli_args import add_settings_args, settings_from_args
+from rag.embedder_loading import EmbedderUnavailable
+from rag.index import IndexMismatch, describe_location
+from rag.workspace import open_index
+
+EXIT_OK, EXIT_NOTHING, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ingest", description="Ingest Vietnamese math lessons (.md .txt .pdf .docx) into the index.")
+    parser.add_argument("paths", nargs="+", type=Path, help="folders (searched recursively) and files")
+    parser.add_argument("--prune", action="store_true", help="remove from the index the files no longer under PATHS")
+    parser.add_argument("--rebuild", action="store_true", help="build the index anew (e.g. with another embedder); the old one stays until the new one is complete")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from_args(args)
+    try:
+        files, skipped = discover(args.paths)
+    except FileNotFoundError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_NOTHING
+    if not files:
+        print(f"Error: no lesson files (.md .txt .pdf .docx) under {', '.join(map(str, args.paths))}.", file=sys.stderr)
+        return EXIT_NOTHING
+    try:
+        index, embeddings = open_index(settings, rebuild=args.rebuild)
+    except (IndexMismatch, EmbedderUnavailable) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_NOTHING
+    bar = tqdm(total=0, unit="chunk", desc="Embedding", disable=args.quiet, file=sys.stderr)
+    job = IngestJob(index, embeddings)
+    try:
+        report = job.run(files, prune=args.prune, skipped=skipped, progress=bar.update, on_plan=lambda n: bar.reset(total=n))
+    except KeyboardInterrupt:
+        bar.close()
+        print("\nInterrupted. Files finished so far are in the index; the rest are as before. Run the same command again to finish.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bar.close()
+    for outcome in report.outcomes:
+        if outcome.status in {"failed", "skipped"}:
+            print(f"  {outcome.status}: {outcome.source}: {outcome.error}", file=sys.stderr)
+    print(f"Index: {describe_location(settings)}, {index.count()} chunks, embedder {embeddings.identity.describe()}.")
+    print(report.summary())
+    counts = report.counts()
+    if counts["failed"]:
+        return EXIT_NOTHING if counts["failed"] == len(files) else EXIT_PARTIAL
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation for the Vietnamese maths tutor."""

@@ -1,0 +1,1 @@
+"""Fine-tuning and export of the embedding model."""

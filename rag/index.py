@@ -1,0 +1,182 @@
+"""The Chroma collection of lesson chunks: embedded or on a Chroma server, tied to the embedder that built it."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import chromadb
+import numpy as np
+from chromadb.config import Settings as ChromaSettings
+
+from rag.embeddings import EmbedderIdentity
+from rag.settings import Settings
+
+STAGING_SUFFIX = "__rebuild"
+_PAGE = 2000  # rows per `get` call, well under Chroma's batch limit
+
+
+class IndexMismatch(RuntimeError):
+    """The index was built with another embedder."""
+
+
+class IndexMissing(RuntimeError):
+    """No index where one was expected."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the chunk, its metadata and its cosine similarity."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    score: float
+
+
+@dataclass
+class SourceState:
+    """What the index holds for one source file: chunk count per file fingerprint."""
+
+    chunks: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    expected: dict[str, int] = field(default_factory=dict)
+
+    def complete(self, fingerprint: str) -> bool:
+        """Whether exactly one, complete version of the file is stored, and it is `fingerprint`."""
+        return list(self.chunks) == [fingerprint] and self.chunks[fingerprint] == self.expected.get(fingerprint)
+
+
+def make_client(settings: Settings) -> chromadb.ClientAPI:
+    """A Chroma server client when a host is set, else the embedded store in the index folder."""
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    if settings.chroma_host:
+        return chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings)
+    settings.index_dir.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(settings.index_dir), settings=chroma_settings)
+
+
+def describe_location(settings: Settings) -> str:
+    if settings.chroma_host:
+        return f"Chroma server {settings.chroma_host}:{settings.chroma_port}, collection {settings.collection!r}"
+    return f"{settings.index_dir}/ (collection {settings.collection!r})"
+
+
+def _collection_names(client: chromadb.ClientAPI) -> set[str]:
+    return {c if isinstance(c, str) else c.name for c in client.list_collections()}
+
+
+def _recover_rebuild(client: chromadb.ClientAPI, name: str) -> None:
+    """Finish a rebuild that was interrupted between dropping the old collection and renaming the new one."""
+    names = _collection_names(client)
+    if name not in names and name + STAGING_SUFFIX in names:
+        client.get_collection(name + STAGING_SUFFIX).modify(name=name)
+
+
+def recorded_identity(client: chromadb.ClientAPI, name: str) -> EmbedderIdentity | None:
+    """The embedder recorded by an existing collection, or None when there is none."""
+    _recover_rebuild(client, name)
+    if name not in _collection_names(client):
+        return None
+    key = (client.get_collection(name).metadata or {}).get("embedder")
+    return EmbedderIdentity.from_key(key) if key else None
+
+
+def same_embedder(a: EmbedderIdentity, b: EmbedderIdentity) -> bool:
+    """Vectors are comparable: same model, revision, size and prefixes (where it lies on disk does not matter)."""
+    return (a.name, a.revision, a.dimension, a.query_prefix, a.passage_prefix) == (
+        b.name, b.revision, b.dimension, b.query_prefix, b.passage_prefix)
+
+
+class LessonIndex:
+    """A chunk collection with cosine distance that knows which embedder built it."""
+
+    def __init__(self, client: chromadb.ClientAPI, name: str, identity: EmbedderIdentity, *, staging: bool = False) -> None:
+        self.client = client
+        self.name = name
+        self.identity = identity
+        self.staging = staging
+        metadata = {"hnsw:space": "cosine", "embedder": identity.key(), "embedder_name": identity.describe()}
+        self.collection = client.get_or_create_collection(name + (STAGING_SUFFIX if staging else ""), metadata=metadata, embedding_function=None)
+
+    @classmethod
+    def open(cls, settings: Settings, identity: EmbedderIdentity, *, rebuild: bool = False, create: bool = True) -> "LessonIndex":
+        """Open (or create) the index for `identity`; refuses one built by another embedder unless rebuilding."""
+        client = make_client(settings)
+        recorded = recorded_identity(client, settings.collection)
+        if rebuild:
+            if settings.collection + STAGING_SUFFIX in _collection_names(client):
+                client.delete_collection(settings.collection + STAGING_SUFFIX)
+            return cls(client, settings.collection, identity, staging=recorded is not None)
+        if recorded is None and not create:
+            raise IndexMissing(f"No index at {describe_location(settings)}. Build one first: python -m ingest data/lessons/")
+        if recorded is not None and not same_embedder(recorded, identity):
+            raise IndexMismatch(
+                f"The index at {describe_location(settings)} was built with {recorded.describe()}, not with "
+                f"{identity.describe()}. Use the embedder that built it (--embedder {recorded.spec}) or rebuild "
+                f"the index with --rebuild."
+            )
+        return cls(client, settings.collection, identity)
+
+    def commit(self) -> None:
+        """Make a rebuilt collection the live one (no-op for a normal index)."""
+        if not self.staging:
+            return
+        if self.name in _collection_names(self.client):
+            self.client.delete_collection(self.name)
+        self.collection.modify(name=self.name)
+        self.collection = self.client.get_collection(self.name)
+        self.staging = False
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def _pages(self, where: dict[str, Any] | None, include: list[str]) -> Any:
+        offset = 0
+        while True:
+            page = self.collection.get(where=where, include=include, limit=_PAGE, offset=offset)
+            if not page["ids"]:
+                return
+            yield page
+            offset += len(page["ids"])
+
+    def metadatas(self, where: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(id, metadata) of every stored chunk, optionally filtered."""
+        return [(i, m) for page in self._pages(where, ["metadatas"]) for i, m in zip(page["ids"], page["metadatas"])]
+
+    def source_states(self) -> dict[str, SourceState]:
+        """Per source file, which versions are stored and whether they are complete."""
+        states: dict[str, SourceState] = defaultdict(SourceState)
+        for _, meta in self.metadatas():
+            state = states[meta["source"]]
+            state.chunks[meta["file_hash"]] += 1
+            state.expected[meta["file_hash"]] = int(meta["file_chunks"])
+        return dict(states)
+
+    def stored_vectors(self, source: str) -> dict[str, np.ndarray]:
+        """Embeddings of a source's stored chunks by content hash, so unchanged chunks are not embedded again."""
+        vectors: dict[str, np.ndarray] = {}
+        for page in self._pages({"source": source}, ["metadatas", "embeddings"]):
+            for meta, vector in zip(page["metadatas"], page["embeddings"]):
+                vectors[meta["chunk_hash"]] = np.asarray(vector, dtype=np.float32)
+        return vectors
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], metadatas: Sequence[dict[str, Any]]) -> None:
+        """Store chunks in one call, so a file's new version lands whole or not at all."""
+        self.collection.upsert(ids=list(ids), embeddings=vectors, documents=list(texts), metadatas=list(metadatas))
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.collection.delete(ids=list(ids))
+
+    def ids_of(self, source: str) -> list[str]:
+        return [i for i, _ in self.metadatas({"source": source})]
+
+    def search(self, vector: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[Hit]:
+        """The k nearest chunks by cosine similarity."""
+        total = self.count()
+        if total == 0:
+            return []
+        res = self.collection.query(query_embeddings=[list(vector)], n_results=min(k, total), where=where,
+                                    include=["documents", "metadatas", "distances"])
+        return [Hit(i, d, m, 1.0 - float(dist)) for i, d, m, dist in
+                zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])]

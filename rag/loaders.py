@@ -1,0 +1,135 @@
+"""Loading lesson files (Markdown, plain text, PDF, DOCX) into NFC text, refusing what would become mojibake."""
+from __future__ import annotations
+
+import codecs
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag.normalize import nfc
+
+TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
+SUFFIXES = TEXT_SUFFIXES | {".pdf", ".docx"}
+# Characters that TCVN3 (ABC) bytes turn into when read as Windows-1258: a sign of pre-Unicode Vietnamese fonts.
+_LEGACY_FONT_MARKS = set("µ¸¶·¹¨©ª«¬®¾»¼½ÆÇ¦§¥¤")
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+class LoadError(ValueError):
+    """A file that cannot be ingested; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """Text of one page (PDF) or of the whole file (page is None)."""
+
+    text: str
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class LoadedDocument:
+    """A lesson file's text, NFC, split into pages where the format has them."""
+
+    path: Path
+    kind: str
+    pages: tuple[Page, ...]
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(p.text for p in self.pages)
+
+
+def load(path: Path) -> LoadedDocument:
+    """Load one file; raises LoadError with a readable reason for anything unusable."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise LoadError(f"unsupported file type {suffix or '(none)'}; use {', '.join(sorted(SUFFIXES))}")
+    try:
+        if suffix in TEXT_SUFFIXES:
+            pages = (Page(decode_text(path.read_bytes())),)
+        elif suffix == ".pdf":
+            pages = _pdf_pages(path)
+        else:
+            pages = (Page(_docx_text(path)),)
+    except OSError as exc:
+        raise LoadError(f"cannot read file: {exc.strerror or exc}") from exc
+    pages = tuple(p for p in pages if p.text.strip())
+    if not pages:
+        raise LoadError("no text in file (empty" + (", or a scanned PDF without a text layer: run OCR first)" if suffix == ".pdf" else ")"))
+    return LoadedDocument(path=path, kind=suffix.lstrip("."), pages=pages)
+
+
+def decode_text(data: bytes) -> str:
+    """Bytes of a text file as NFC str: UTF-8/16/32 with BOM, UTF-8, or Windows-1258."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return _clean(data.decode(encoding, errors="strict"))
+    if b"\x00" in data:
+        raise LoadError("binary file (contains NUL bytes); UTF-16 text needs a byte-order mark")
+    try:
+        return _clean(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = nfc(data.decode("cp1258"))
+    except UnicodeDecodeError as exc:
+        raise LoadError("not UTF-8 nor Windows-1258 text; save it as UTF-8") from exc
+    if sum(ch in _LEGACY_FONT_MARKS for ch in text) >= 3:
+        raise LoadError("looks like a pre-Unicode Vietnamese font encoding (TCVN3/VNI); convert it to Unicode (e.g. Unikey's converter) and save as UTF-8")
+    stray_marks = sum(unicodedata.category(ch) == "Mn" for ch in text)
+    if stray_marks > max(2, len(text) // 200):
+        raise LoadError("not UTF-8, and not valid Vietnamese Windows-1258 either; save it as UTF-8")
+    return _clean(text)
+
+
+def _clean(text: str) -> str:
+    text = nfc(text.replace("\r\n", "\n").replace("\r", "\n"))
+    controls = sum(unicodedata.category(ch) == "Cc" and ch not in "\n\t\f" for ch in text)
+    if controls > max(2, len(text) // 100):
+        raise LoadError("binary file (control characters), not text")
+    return text
+
+
+def _pdf_pages(path: Path) -> tuple[Page, ...]:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted:
+            raise LoadError("encrypted PDF; remove the password first")
+        return tuple(Page(_clean(page.extract_text() or ""), number) for number, page in enumerate(reader.pages, start=1))
+    except LoadError:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise LoadError(f"corrupt or unreadable PDF ({type(exc).__name__}: {exc})") from exc
+
+
+def _docx_text(path: Path) -> str:
+    import docx
+
+    try:
+        document = docx.Document(str(path))
+    except Exception as exc:  # BadZipFile, PackageNotFoundError, lxml and KeyError share no narrower base
+        raise LoadError(f"corrupt or unreadable DOCX ({type(exc).__name__}); open and re-save it in Word") from exc
+    lines = [_docx_line(p.style.name if p.style is not None else "", p.text) for p in document.paragraphs]
+    for table in document.tables:
+        lines.extend(" | ".join(cell.text for cell in row.cells) for row in table.rows)
+    return _clean("\n\n".join(line for line in lines if line.strip()))
+
+
+def _docx_line(style: str, text: str) -> str:
+    """A DOCX paragraph as Markdown, so headings steer the chunker as in .md files."""
+    if style == "Title":
+        return f"# {text}"
+    if style.startswith("Heading "):
+        level = style.removeprefix("Heading ").strip()
+        return f"{'#' * int(level)} {text}" if level.isdigit() else text
+    return text

@@ -1,0 +1,107 @@
+"""Retrieval over the lesson index: top-k with cosine scores, a score threshold, filters and near-duplicate removal."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict
+
+from rag.embeddings import E5Embeddings
+from rag.index import Hit, LessonIndex
+from rag.normalize import nfc
+
+NEAR_DUPLICATE_JACCARD = 0.9
+_OVERFETCH = 3  # candidates per wanted result, so that duplicates removed still leave k
+
+
+class Ranker(Protocol):
+    """Anything that ranks chunks for a query (dense, BM25, hybrid)."""
+
+    def rank(self, query: str, k: int, where: dict[str, Any] | None) -> list[Hit]: ...
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Optional metadata filters."""
+
+    source: str | None = None
+    lesson: str | None = None
+
+    def where(self) -> dict[str, Any] | None:
+        clauses = [{key: value} for key, value in (("source", self.source), ("lesson", self.lesson)) if value]
+        if not clauses:
+            return None
+        return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+class DenseRanker:
+    """Cosine similarity between the E5 query vector and the stored passage vectors."""
+
+    def __init__(self, index: LessonIndex, embeddings: E5Embeddings) -> None:
+        self.index = index
+        self.embeddings = embeddings
+
+    def rank(self, query: str, k: int, where: dict[str, Any] | None) -> list[Hit]:
+        return self.index.search(self.embeddings.embed_query(query), k, where)
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+|[^\w\s]", nfc(text).lower()))
+
+
+def near_duplicate(a: Hit, b: Hit) -> bool:
+    """Identical chunks (e.g. a re-ingested copy) or chunks that overlap almost entirely."""
+    if a.metadata.get("chunk_hash") and a.metadata.get("chunk_hash") == b.metadata.get("chunk_hash"):
+        return True
+    wa, wb = _words(a.text), _words(b.text)
+    if not wa or not wb:
+        return wa == wb
+    return len(wa & wb) / len(wa | wb) >= NEAR_DUPLICATE_JACCARD or wa <= wb or wb <= wa
+
+
+def dedupe(hits: list[Hit]) -> list[Hit]:
+    """Hits in order, without those that nearly duplicate a better one."""
+    kept: list[Hit] = []
+    for hit in hits:
+        if not any(near_duplicate(hit, other) for other in kept):
+            kept.append(hit)
+    return kept
+
+
+class Searcher:
+    """The one retrieval path used by the CLI, the chat and the evaluation."""
+
+    def __init__(self, ranker: Ranker) -> None:
+        self.ranker = ranker
+
+    def search(self, query: str, k: int, *, min_score: float | None = None, filters: Filters = Filters()) -> list[Hit]:
+        query = nfc(query).strip()
+        if not query:
+            return []
+        hits = dedupe(self.ranker.rank(query, k * _OVERFETCH, filters.where()))
+        if min_score is not None:
+            hits = [h for h in hits if h.score >= min_score]
+        return hits[:k]
+
+
+def hit_to_document(hit: Hit) -> Document:
+    return Document(page_content=hit.text, id=hit.id, metadata={**hit.metadata, "score": hit.score, "id": hit.id})
+
+
+class LessonRetriever(BaseRetriever):
+    """LangChain retriever over the lesson index (documents carry `score` and `id` in metadata)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    searcher: Searcher
+    k: int = 5
+    min_score: float | None = None
+    filters: Filters = Filters()
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        hits = self.searcher.search(query, self.k, min_score=self.min_score, filters=self.filters)
+        return [hit_to_document(h) for h in hits]

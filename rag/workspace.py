@@ -1,0 +1,34 @@
+"""Opening the index together with the embedder it needs, as every entry point (CLI, UI, evaluation) does."""
+from __future__ import annotations
+
+from rag.embedder_loading import load_embeddings
+from rag.embeddings import E5Embeddings
+from rag.index import LessonIndex, make_client, recorded_identity
+from rag.retrieval import DenseRanker, Ranker, Searcher
+from rag.settings import Settings
+
+
+def embedder_chosen(settings: Settings) -> bool:
+    """Whether the user named an embedder (flag, env or file) rather than leaving the default."""
+    return "embedder" in settings.model_fields_set
+
+
+def open_index(settings: Settings, *, rebuild: bool = False, create: bool = True, announce: bool = True) -> tuple[LessonIndex, E5Embeddings]:
+    """The index and its embedder: the one that built the index unless the user chose one."""
+    recorded = None if rebuild else recorded_identity(make_client(settings), settings.collection)
+    use_recorded = recorded is not None and not embedder_chosen(settings)
+    spec = recorded.spec if use_recorded else settings.embedder
+    embeddings = load_embeddings(spec, hub_timeout_s=settings.hub_timeout_s, batch_size=settings.embed_batch_size,
+                                 announce=announce, reason="the embedder that built this index" if use_recorded else None)
+    return LessonIndex.open(settings, embeddings.identity, rebuild=rebuild, create=create), embeddings
+
+
+def make_ranker(settings: Settings, index: LessonIndex, embeddings: E5Embeddings) -> Ranker:
+    """The ranker the settings ask for."""
+    return DenseRanker(index, embeddings)
+
+
+def open_searcher(settings: Settings, *, announce: bool = True) -> Searcher:
+    """A searcher over an existing index (raises IndexMissing when there is none)."""
+    index, embeddings = open_index(settings, create=False, announce=announce)
+    return Searcher(make_ranker(settings, index, embeddings))
