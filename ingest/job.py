@@ -64,7 +64,7 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class PreparedFile:
     file: SourceFile
     fingerprint: str
     chunks: list[Chunk]
@@ -119,6 +119,15 @@ def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int) -> dic
     return meta
 
 
+def prepare_file(file: SourceFile, embeddings: E5Embeddings, config: ChunkerConfig) -> PreparedFile:
+    """Load and chunk one file (raises LoadError)."""
+    doc = load(file.path)
+    chunks = chunk_document(doc, Path(file.source).stem, lambda t: embeddings.count_tokens(t, "passage"), config)
+    if not chunks:
+        raise LoadError("no text to index")
+    return PreparedFile(file, fingerprint(doc.text, config), chunks)
+
+
 class IngestJob:
     """Brings the index in line with a set of lesson files."""
 
@@ -127,25 +136,16 @@ class IngestJob:
         self.embeddings = embeddings
         self.config = config or ChunkerConfig(max_tokens=embeddings.identity.max_tokens)
 
-    def prepare(self, file: SourceFile) -> _Prepared:
-        """Load and chunk one file (raises LoadError)."""
-        doc = load(file.path)
-        title = Path(file.source).stem
-        chunks = chunk_document(doc, title, lambda t: self.embeddings.count_tokens(t, "passage"), self.config)
-        if not chunks:
-            raise LoadError("no text to index")
-        return _Prepared(file, fingerprint(doc.text, self.config), chunks)
-
     def run(self, files: list[SourceFile], *, prune: bool = False, skipped: Iterable[Outcome] = (),
             progress: Callable[[int], None] | None = None, on_plan: Callable[[int], None] | None = None) -> IngestReport:
         """Ingest `files`; `on_plan` gets the number of chunks to embed, `progress` each embedded batch size."""
         started = time.perf_counter()
         report = IngestReport(outcomes=list(skipped))
         states = self.index.source_states()
-        work: list[_Prepared] = []
+        work: list[PreparedFile] = []
         for file in files:
             try:
-                prepared = self.prepare(file)
+                prepared = prepare_file(file, self.embeddings, self.config)
             except LoadError as exc:
                 report.outcomes.append(Outcome(file.source, "failed", error=str(exc)))
                 continue
@@ -173,7 +173,7 @@ class IngestJob:
         report.elapsed_s = time.perf_counter() - started
         return report
 
-    def _replace(self, prepared: _Prepared, progress: Callable[[int], None] | None) -> int:
+    def _replace(self, prepared: PreparedFile, progress: Callable[[int], None] | None) -> int:
         """Write a file's new version in one upsert, then drop its old chunks; returns chunks embedded."""
         source, file_hash, chunks = prepared.file.source, prepared.fingerprint, prepared.chunks
         reusable = self.index.stored_vectors(source)

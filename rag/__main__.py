@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rag.cli_args import add_settings_args, cli_values, settings_from_args
 from rag.embedder_loading import EmbedderUnavailable
@@ -14,12 +14,10 @@ from rag.normalize import nfc
 from rag.retrieval import Filters, Searcher
 from rag.settings import Settings, provenance
 
-EXIT_OK, EXIT_ERROR = 0, 1
+if TYPE_CHECKING:
+    from rag.answering import Answer
 
-
-def hit_record(rank: int, hit: Hit) -> dict[str, Any]:
-    """The JSON shape of one search result."""
-    return {"rank": rank, "score": round(hit.score, 6), "text": hit.text, "metadata": {**hit.metadata, "id": hit.id}}
+EXIT_OK, EXIT_ERROR, EXIT_LLM = 0, 1, 3
 
 
 def print_hits(hits: list[Hit]) -> None:
@@ -62,10 +60,48 @@ def cmd_search(args: argparse.Namespace) -> int:
     for query in queries:
         hits = searcher.search(query, k, filters=filters)
         if args.json or args.queries:
-            print(json.dumps([hit_record(r, h) for r, h in enumerate(hits, start=1)], ensure_ascii=False))
+            print(json.dumps([h.to_record(r) for r, h in enumerate(hits, start=1)], ensure_ascii=False))
         else:
             print_hits(hits)
     return EXIT_OK
+
+
+def print_sources(answer: "Answer") -> None:
+    cited = answer.cited_chunks
+    shown = cited or answer.retrieved
+    print("\nNguồn:" if cited else "\nCác đoạn tài liệu liên quan nhất:")
+    numbers = answer.cited or list(range(1, len(shown) + 1))
+    for number, hit in zip(numbers, shown):
+        meta = hit.metadata
+        page = f", trang {meta['page']}" if "page" in meta else ""
+        print(f"  [{number}] {meta.get('source')}{page} — {meta.get('heading_path', '')} (điểm {hit.score:.3f})")
+    if answer.invalid_citations:
+        print(f"  (đã bỏ trích dẫn không hợp lệ: {', '.join(f'[{n}]' for n in answer.invalid_citations)})")
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from rag.answering import Tutor
+    from rag.workspace import open_searcher
+
+    settings = settings_from_args(args)
+    question = nfc(args.question).strip()
+    if not question:
+        print("Error: give a question, e.g. python -m rag ask \"Hàm số đồng biến khi nào?\"", file=sys.stderr)
+        return EXIT_ERROR
+    stream = Tutor(open_searcher(settings), settings).stream(question, k=args.k)
+    for delta in stream:
+        if not args.json:
+            print(delta, end="", flush=True)
+    answer = stream.answer
+    if args.json:
+        print(json.dumps(answer.to_record(), ensure_ascii=False, indent=2))
+        return EXIT_OK if answer.llm_ok else EXIT_LLM
+    if answer.text:
+        print()
+    if answer.notice:
+        print(f"\n{answer.notice}")
+    print_sources(answer)
+    return EXIT_OK if answer.llm_ok else EXIT_LLM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--lesson", help="only chunks of this lesson (its title)")
     add_settings_args(search, "retrieval_method")
     search.set_defaults(run=cmd_search)
+    ask = sub.add_parser("ask", help="answer a question from the material through Ollama, citing it")
+    ask.add_argument("question", help="the question (Vietnamese)")
+    ask.add_argument("-k", type=int, default=None, help="number of chunks to retrieve")
+    ask.add_argument("--json", action="store_true", help="print the answer record as JSON")
+    add_settings_args(ask, "retrieval_method", "ollama_url", "ollama_model", "temperature", "num_ctx", "min_score", "llm_timeout_s")
+    ask.set_defaults(run=cmd_ask)
     return parser
 
 

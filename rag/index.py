@@ -33,6 +33,10 @@ class Hit:
     metadata: dict[str, Any]
     score: float
 
+    def to_record(self, rank: int) -> dict[str, Any]:
+        """The JSON shape of a result: rank, score, text and metadata (with the chunk id)."""
+        return {"rank": rank, "score": round(self.score, 6), "text": self.text, "metadata": {**self.metadata, "id": self.id}}
+
 
 @dataclass
 class SourceState:

