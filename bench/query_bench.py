@@ -1,0 +1,99 @@
+"""Query-path benchmark without the LLM: embed the question, search, build the prompt.
+
+p50/p95 of the whole path and of embedding the question alone (the floor), on the sample index and on a
+synthetic index of 10,000 chunks, in one run. Target: the time beyond the embedding ≤ 20 ms at p50.
+
+    python bench/query_bench.py [--index DIR] [--synthetic 10000] [--out bench/results/query.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rag.answering import fit_budget
+from rag.index import LessonIndex
+from rag.prompts import format_chunk, tutor_template
+from rag.retrieval import DenseRanker, Searcher
+from rag.settings import Settings
+from rag.workspace import open_index
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def questions() -> list[str]:
+    rows = [json.loads(line) for f in sorted((ROOT / "data/eval/parts").glob("*.jsonl")) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r["question"] for r in rows if r.get("split") in {"validation", "sanity"}]
+
+
+def build_prompt(question: str, hits, settings: Settings) -> int:
+    budget = fit_budget(question, hits, [], settings)
+    context = "\n\n".join(format_chunk(n, h) for n, h in enumerate(hits[: budget.chunks], start=1))
+    return len(tutor_template().format_messages(history=[], question=question, context=context))
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    qs = statistics.quantiles(samples, n=100)
+    return {"p50_ms": 1000 * statistics.median(samples), "p95_ms": 1000 * qs[94]}
+
+
+def measure(index: LessonIndex, embeddings, settings: Settings, qs: list[str], rounds: int) -> dict:
+    searcher = Searcher(DenseRanker(index, embeddings))
+    embed_only, full = [], []
+    for _ in range(rounds):
+        for q in qs:
+            started = time.perf_counter()
+            embeddings.embed_query(q)
+            embed_only.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            hits = searcher.search(q, settings.top_k)
+            build_prompt(q, hits, settings)
+            full.append(time.perf_counter() - started)
+    result = {"chunks": index.count(), "queries": len(full), "embed": percentiles(embed_only), "full": percentiles(full)}
+    result["beyond_embedding_p50_ms"] = result["full"]["p50_ms"] - result["embed"]["p50_ms"]
+    result["beyond_embedding_p95_ms"] = result["full"]["p95_ms"] - result["embed"]["p95_ms"]
+    return result
+
+
+def synthetic_index(settings: Settings, embeddings, size: int, texts: list[str]) -> LessonIndex:
+    """An index of `size` chunks: real chunk texts repeated with random unit vectors (search cost, not quality)."""
+    index = LessonIndex.open(settings, embeddings.identity)
+    rng = np.random.default_rng(0)
+    for start in range(0, size, 1000):
+        n = min(1000, size - start)
+        vectors = rng.normal(size=(n, embeddings.identity.dimension)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        ids = [f"syn{start + i}" for i in range(n)]
+        metas = [{"source": f"syn/{(start + i) // 15}.md", "heading_path": "Bài", "chunk_hash": f"s{start + i}",
+                  "file_hash": "syn", "file_chunks": 1, "chunk_index": 0, "lesson": "Bài"} for i in range(n)]
+        index.upsert(ids, vectors, [texts[(start + i) % len(texts)] + f" #{start + i}" for i in range(n)], metas)
+    return index
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--index", type=Path, default=Path("vimath_index"))
+    parser.add_argument("--synthetic", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query.json")
+    args = parser.parse_args()
+    settings = Settings(index_dir=args.index)
+    index, embeddings = open_index(settings, create=False, announce=False)
+    qs = questions()
+    texts = index.collection.get(limit=500, include=["documents"])["documents"]
+    results = {"sample": measure(index, embeddings, settings, qs, args.rounds)}
+    with tempfile.TemporaryDirectory() as tmp:
+        syn_settings = Settings(index_dir=Path(tmp), collection="synthetic_bench")
+        results["synthetic"] = measure(synthetic_index(syn_settings, embeddings, args.synthetic, texts), embeddings, syn_settings, qs, args.rounds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

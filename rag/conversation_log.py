@@ -1,0 +1,234 @@
+"""The conversation log: every exchange, the chunks it retrieved and the student's feedback, in any SQLAlchemy database."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
+
+if TYPE_CHECKING:
+    from rag.answering import Answer
+
+FeedbackFilter = Literal["up", "down", "any", "none"]
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ExchangeRecord(Base):
+    """One question and its answer."""
+
+    __tablename__ = "exchanges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    # Naive UTC: SQLite keeps no time zone, and the same values must compare alike on PostgreSQL.
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(), index=True)
+    question: Mapped[str] = mapped_column(sa.Text())
+    standalone_question: Mapped[str] = mapped_column(sa.Text())
+    answer_text: Mapped[str] = mapped_column(sa.Text())
+    status: Mapped[str] = mapped_column(sa.String(32))
+    notice: Mapped[str] = mapped_column(sa.Text(), default="")
+    model: Mapped[str] = mapped_column(sa.String(200))
+    prompt_version: Mapped[str] = mapped_column(sa.String(200))
+    timings: Mapped[dict[str, Any]] = mapped_column(sa.JSON())
+    details: Mapped[dict[str, Any]] = mapped_column(sa.JSON())
+    best_score: Mapped[float | None] = mapped_column(sa.Float(), index=True)
+    chunks: Mapped[list[RetrievedChunkRecord]] = relationship(
+        back_populates="exchange", order_by="RetrievedChunkRecord.rank", cascade="all, delete-orphan")
+    feedback: Mapped[FeedbackRecord | None] = relationship(back_populates="exchange", cascade="all, delete-orphan")
+
+
+class RetrievedChunkRecord(Base):
+    """A chunk retrieved for an exchange, at its rank, and whether the answer cited it."""
+
+    __tablename__ = "retrieved_chunks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exchange_id: Mapped[int] = mapped_column(sa.ForeignKey("exchanges.id", ondelete="CASCADE"), index=True)
+    rank: Mapped[int] = mapped_column(sa.Integer())
+    chunk_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    source: Mapped[str] = mapped_column(sa.String(500))
+    heading: Mapped[str] = mapped_column(sa.Text())
+    score: Mapped[float] = mapped_column(sa.Float())
+    cited: Mapped[bool] = mapped_column(sa.Boolean(), default=False)
+    exchange: Mapped[ExchangeRecord] = relationship(back_populates="chunks")
+
+
+class FeedbackRecord(Base):
+    """The student's 👍/👎 on an answer (the latest one counts) and an optional comment."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exchange_id: Mapped[int] = mapped_column(sa.ForeignKey("exchanges.id", ondelete="CASCADE"), unique=True)
+    rating: Mapped[int] = mapped_column(sa.SmallInteger())
+    comment: Mapped[str | None] = mapped_column(sa.Text())
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime())
+    exchange: Mapped[ExchangeRecord] = relationship(back_populates="feedback")
+
+
+@dataclass(frozen=True)
+class LoggedChunk:
+    rank: int
+    chunk_id: str
+    source: str
+    heading: str
+    score: float
+    cited: bool
+
+
+@dataclass(frozen=True)
+class ExchangeRow:
+    """An exchange as the teacher page shows and exports it."""
+
+    id: int
+    conversation_id: str
+    created_at: datetime
+    question: str
+    standalone_question: str
+    answer_text: str
+    status: str
+    model: str
+    prompt_version: str
+    best_score: float | None
+    rating: int | None
+    comment: str | None
+    timings: dict[str, Any] = field(default_factory=dict)
+    chunks: tuple[LoggedChunk, ...] = ()
+
+    @property
+    def cited_sources(self) -> list[str]:
+        return [f"{c.source} › {c.heading}" for c in self.chunks if c.cited]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """A datetime as the log stores it: aware ones converted to UTC, naive ones taken as UTC already."""
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell; text that a spreadsheet would run as a formula is quoted with a leading apostrophe."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in _FORMULA_STARTS:
+        return "'" + value
+    return value
+
+
+def _row(record: ExchangeRecord) -> ExchangeRow:
+    feedback = record.feedback
+    return ExchangeRow(
+        id=record.id, conversation_id=record.conversation_id, created_at=record.created_at, question=record.question,
+        standalone_question=record.standalone_question, answer_text=record.answer_text, status=record.status,
+        model=record.model, prompt_version=record.prompt_version, best_score=record.best_score,
+        rating=feedback.rating if feedback else None, comment=feedback.comment if feedback else None,
+        timings=dict(record.timings or {}),
+        chunks=tuple(LoggedChunk(c.rank, c.chunk_id, c.source, c.heading, c.score, c.cited) for c in record.chunks),
+    )
+
+
+class ConversationLog:
+    """Records exchanges and feedback, and answers the teacher page's questions about them."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url)
+        Base.metadata.create_all(self.engine)
+
+    def record(self, conversation_id: str, answer: Answer) -> int:
+        """Store an answer with its retrieved chunks; returns the exchange id."""
+        cited = set(answer.cited)
+        exchange = ExchangeRecord(
+            conversation_id=conversation_id, created_at=utcnow(), question=answer.question,
+            standalone_question=answer.standalone_question, answer_text=answer.text, status=answer.status,
+            notice=answer.notice, model=answer.model, prompt_version=answer.prompt_version,
+            timings=asdict(answer.timings),
+            details={"invalid_citations": answer.invalid_citations, "context_size": answer.context_size,
+                     "num_ctx": answer.num_ctx, "prompt_tokens": answer.prompt_tokens,
+                     "history_turns_used": answer.history_turns_used},
+            best_score=max((h.score for h in answer.retrieved), default=None),
+            chunks=[RetrievedChunkRecord(rank=rank, chunk_id=hit.id, source=str(hit.metadata.get("source", "")),
+                                         heading=str(hit.metadata.get("heading_path", "")), score=hit.score,
+                                         cited=rank in cited)
+                    for rank, hit in enumerate(answer.retrieved, start=1)],
+        )
+        with Session(self.engine) as session, session.begin():
+            session.add(exchange)
+            session.flush()
+            return exchange.id
+
+    def feedback(self, exchange_id: int, rating: int, comment: str | None = None) -> None:
+        """Set the feedback of an exchange (+1 or -1), replacing an earlier one."""
+        if rating not in (1, -1):
+            raise ValueError(f"rating must be +1 or -1, not {rating!r}")
+        comment = (comment or "").strip() or None
+        with Session(self.engine) as session, session.begin():
+            exchange = session.get(ExchangeRecord, exchange_id)
+            if exchange is None:
+                raise KeyError(f"no exchange {exchange_id}")
+            if exchange.feedback is None:
+                exchange.feedback = FeedbackRecord(rating=rating, comment=comment, created_at=utcnow())
+            else:
+                exchange.feedback.rating, exchange.feedback.comment = rating, comment
+                exchange.feedback.created_at = utcnow()
+
+    def exchanges(self, since: datetime | None = None, until: datetime | None = None, feedback: FeedbackFilter | None = None,
+                  max_best_score: float | None = None) -> list[ExchangeRow]:
+        """Exchanges, newest first: in [since, until), by feedback, and those whose best chunk scored at most max_best_score."""
+        query = sa.select(ExchangeRecord).outerjoin(ExchangeRecord.feedback)
+        if since is not None:
+            query = query.where(ExchangeRecord.created_at >= naive_utc(since))
+        if until is not None:
+            query = query.where(ExchangeRecord.created_at < naive_utc(until))
+        if feedback == "up":
+            query = query.where(FeedbackRecord.rating > 0)
+        elif feedback == "down":
+            query = query.where(FeedbackRecord.rating < 0)
+        elif feedback == "any":
+            query = query.where(FeedbackRecord.id.is_not(None))
+        elif feedback == "none":
+            query = query.where(FeedbackRecord.id.is_(None))
+        if max_best_score is not None:
+            # Nothing retrieved at all is the poorest coverage there is.
+            query = query.where(sa.or_(ExchangeRecord.best_score <= max_best_score, ExchangeRecord.best_score.is_(None)))
+        return self._rows(query)
+
+    def questions_citing(self, chunk_id: str) -> list[ExchangeRow]:
+        """Exchanges whose answer cited the chunk, newest first."""
+        cited = sa.select(RetrievedChunkRecord.exchange_id).where(
+            RetrievedChunkRecord.chunk_id == chunk_id, RetrievedChunkRecord.cited.is_(True))
+        return self._rows(sa.select(ExchangeRecord).where(ExchangeRecord.id.in_(cited)))
+
+    def _rows(self, query: sa.Select[Any]) -> list[ExchangeRow]:
+        query = query.options(selectinload(ExchangeRecord.chunks), selectinload(ExchangeRecord.feedback))
+        with Session(self.engine) as session:
+            records = session.scalars(query.order_by(ExchangeRecord.created_at.desc(), ExchangeRecord.id.desc())).unique()
+            return [_row(r) for r in records]
+
+    @staticmethod
+    def to_csv(rows: Sequence[ExchangeRow]) -> str:
+        """The rows as CSV (UTF-8 text; timings as JSON, cited chunks joined by ' | ')."""
+        columns = [f.name for f in fields(ExchangeRow) if f.name != "chunks"] + ["cited_sources"]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            values = {**{name: getattr(row, name) for name in columns[:-1]}, "cited_sources": " | ".join(row.cited_sources)}
+            values["created_at"] = row.created_at.isoformat(timespec="seconds")
+            values["timings"] = json.dumps(row.timings, ensure_ascii=False)
+            writer.writerow([_cell(values[c]) for c in columns])
+        return out.getvalue()
+
+    def close(self) -> None:
+        self.engine.dispose()

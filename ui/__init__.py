@@ -1,0 +1,1 @@
+"""The Streamlit chat for students and the inspection pages for teachers."""

@@ -1,0 +1,178 @@
+"""What the chat and the teacher page share: resources opened once per process, chunk rendering, the password check."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol
+
+import streamlit as st
+
+from rag.conversation_log import ConversationLog
+from rag.embedder_loading import EmbedderUnavailable
+from rag.embeddings import E5Embeddings
+from rag.index import Hit, IndexMismatch, IndexMissing, LessonIndex, describe_location
+from rag.llm import OllamaStatus, ollama_status
+from rag.retrieval import Searcher
+from rag.settings import Settings, load_settings
+from rag.workspace import embedder_chosen, make_ranker, open_index
+from ui.formatting import latex_to_markdown
+
+INGEST_COMMAND = "python -m ingest data/lessons"
+_OLLAMA_TTL_S = 15
+_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class IndexResources:
+    """The open index, its embedder and the searcher over it."""
+
+    index: LessonIndex
+    embeddings: E5Embeddings
+    searcher: Searcher
+
+
+def current_settings() -> Settings:
+    """Settings read afresh on each run (cheap), so a changed environment or config file applies."""
+    return load_settings()
+
+
+def index_key(settings: Settings) -> tuple[Any, ...]:
+    """The settings that decide which index, embedder and ranker are opened."""
+    where = (settings.chroma_host, settings.chroma_port) if settings.chroma_host else (str(settings.index_dir.resolve()),)
+    embedder = settings.embedder if embedder_chosen(settings) else None
+    return (*where, settings.collection, embedder, settings.embed_batch_size, settings.retrieval_method)
+
+
+@st.cache_resource(show_spinner="Đang nạp mô hình nhúng và chỉ mục tài liệu…")
+def _open_resources(key: tuple[Any, ...], _settings: Settings) -> IndexResources:
+    index, embeddings = open_index(_settings, create=False, announce=False)
+    return IndexResources(index, embeddings, Searcher(make_ranker(_settings, index, embeddings)))
+
+
+def open_resources(settings: Settings) -> IndexResources:
+    """The index, embedder and searcher, opened once per process for these settings (failures are not cached)."""
+    return _open_resources(index_key(settings), settings)
+
+
+def reload_resources() -> None:
+    """Forget the open index, e.g. after it was rebuilt."""
+    _open_resources.clear()
+
+
+def index_problem(exc: Exception, settings: Settings) -> str:
+    """What to tell the user, in Vietnamese, when the index cannot be opened."""
+    if isinstance(exc, IndexMissing):
+        folder = "" if settings.chroma_host else f" --index {settings.index_dir}"
+        return (f"Chưa có chỉ mục tài liệu tại {describe_location(settings)}. Hãy nạp bài học trước bằng lệnh:\n\n"
+                f"```\n{INGEST_COMMAND}{folder}\n```\n\nrồi tải lại trang.")
+    if isinstance(exc, IndexMismatch):
+        return f"Chỉ mục được xây bằng một mô hình nhúng khác với mô hình đang chọn.\n\n```\n{exc}\n```"
+    if isinstance(exc, EmbedderUnavailable):
+        return f"Không nạp được mô hình nhúng.\n\n```\n{exc}\n```"
+    return f"Không mở được chỉ mục tài liệu ({type(exc).__name__}).\n\n```\n{exc}\n```"
+
+
+def try_open_resources(settings: Settings) -> tuple[IndexResources | None, str | None]:
+    """The resources, or the Vietnamese message explaining why there are none."""
+    try:
+        return open_resources(settings), None
+    except Exception as exc:  # the page must explain any failure to open the index, never crash on it
+        return None, index_problem(exc, settings)
+
+
+@st.cache_resource
+def conversation_log(url: str) -> ConversationLog:
+    """The log for this database URL, one engine per process."""
+    return ConversationLog(url)
+
+
+@st.cache_data(ttl=_OLLAMA_TTL_S, show_spinner=False)
+def _ollama_state(url: str, model: str, _settings: Settings) -> OllamaStatus:
+    return ollama_status(_settings)
+
+
+def ollama_state(settings: Settings) -> OllamaStatus:
+    """Whether Ollama answers and its models, asked at most every few seconds."""
+    return _ollama_state(settings.effective_ollama_url(), settings.ollama_model, settings)
+
+
+def markdown(text: str) -> None:
+    """Text from the model, the material or a student, with its formulas rendered and any HTML shown as text."""
+    st.markdown(latex_to_markdown(text))
+
+
+class Slot(Protocol):
+    def markdown(self, body: str) -> Any: ...
+
+
+def stream_into(slot: Slot, deltas: Iterable[str]) -> str:
+    """Show the text as it is written; the whole text is converted each time, so a delimiter split across deltas still renders."""
+    text = ""
+    for delta in deltas:
+        text += delta
+        slot.markdown(latex_to_markdown(text) + " ▌")
+    return text
+
+
+def chunk_title(meta: dict[str, Any]) -> str:
+    """"Lesson › heading" of a chunk (the heading path usually starts with the lesson already)."""
+    lesson, heading = str(meta.get("lesson", "")), str(meta.get("heading_path", ""))
+    if lesson and not heading.startswith(lesson):
+        heading = f"{lesson} › {heading}" if heading else lesson
+    return heading or lesson or "(không có tiêu đề)"
+
+
+def chunk_caption(meta: dict[str, Any], score: float | None = None) -> str:
+    """Source file, page, position and score of a chunk, in one line."""
+    parts = [f"Tệp `{meta.get('source', '?')}`"]
+    if meta.get("page") not in (None, ""):
+        parts.append(f"trang {meta['page']}")
+    if meta.get("chunk_index") is not None:
+        parts.append(f"đoạn #{meta['chunk_index']}")
+    if score is not None:
+        parts.append(f"điểm {score:.3f}")
+    return " · ".join(parts)
+
+
+def render_chunk(hit: Hit, number: int | None = None, note: str = "") -> None:
+    """One chunk: number, lesson › heading, source, page, score and the full text with formulas."""
+    with st.container(border=True):
+        prefix = f"**[{number}]** " if number is not None else ""
+        markdown(f"{prefix}**{chunk_title(hit.metadata)}**")
+        st.caption(chunk_caption(hit.metadata, hit.score) + (f" · {note}" if note else ""))
+        markdown(hit.text)
+
+
+def chunks_where(index: LessonIndex, where: dict[str, Any] | None) -> list[Hit]:
+    """Every stored chunk matching `where`, with its text, in file order (score 0: not a search result)."""
+    hits: list[Hit] = []
+    offset = 0
+    while True:
+        page = index.collection.get(where=where, include=["documents", "metadatas"], limit=_PAGE, offset=offset)
+        if not page["ids"]:
+            break
+        hits += [Hit(i, d or "", m or {}, 0.0) for i, d, m in zip(page["ids"], page["documents"], page["metadatas"])]
+        offset += len(page["ids"])
+    return sorted(hits, key=lambda h: (str(h.metadata.get("source", "")), int(h.metadata.get("chunk_index", 0))))
+
+
+def teacher_password(settings: Settings) -> str | None:
+    """The teacher password from the settings, else from st.secrets; None when neither sets one."""
+    if settings.teacher_password is not None and settings.teacher_password.get_secret_value():
+        return settings.teacher_password.get_secret_value()
+    try:
+        secret = st.secrets.get("teacher_password")
+    except Exception:  # no secrets file at all is the usual case, and Streamlit raises for it
+        return None
+    return str(secret) if secret else None
+
+
+def password_matches(given: str, expected: str) -> bool:
+    """Constant-time comparison, so the time taken says nothing about the password."""
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def password_tag(expected: str) -> str:
+    """What the session remembers of a successful login, so that changing the password logs everyone out."""
+    return hashlib.sha256(expected.encode("utf-8")).hexdigest()
