@@ -149,6 +149,14 @@ class Tutor:
         self.searcher = searcher
         self.settings = settings
         self.chat_factory = chat_factory or chat_model
+        self._models: dict[tuple[int, int | None], BaseChatModel] = {}
+
+    def chat(self, num_ctx: int, num_predict: int | None = None) -> BaseChatModel:
+        """One chat model per context size, reused: ChatOllama keeps an HTTP client that it never closes."""
+        key = (num_ctx, num_predict)
+        if key not in self._models:
+            self._models[key] = self.chat_factory(self.settings, num_ctx, num_predict)
+        return self._models[key]
 
     def condense(self, question: str, history: Sequence[Turn]) -> tuple[str, Failure | None]:
         """A standalone rewrite of a follow-up for retrieval; the fallback and the failure when the LLM cannot."""
@@ -157,7 +165,7 @@ class Tutor:
         recent = history[-max(self.settings.history_turns, 1):]
         prompt = condense_template().format(history="\n".join(f"Học sinh: {t.question}\nGia sư: {t.answer}" for t in recent), question=question)
         try:
-            reply = self.chat_factory(self.settings, self.settings.num_ctx, 128).invoke(prompt)
+            reply = self.chat(self.settings.num_ctx, 128).invoke(prompt)
         except Exception as exc:  # every LLM failure has the same remedy here: search without the rewrite
             return fallback_standalone(question, history), classify(exc)
         lines = [line.strip().strip('"“”') for line in str(reply.content).splitlines() if line.strip()]
@@ -210,7 +218,7 @@ class AnswerStream:
                                                     context="\n\n".join(format_chunk(n, h) for n, h in enumerate(answer.retrieved[: budget.chunks], start=1)))
         parts: list[str] = []
         try:
-            for chunk in self.tutor.chat_factory(settings, budget.num_ctx, None).stream(messages):
+            for chunk in self.tutor.chat(budget.num_ctx).stream(messages):
                 if chunk.usage_metadata:
                     answer.prompt_tokens = chunk.usage_metadata.get("input_tokens")
                 delta = str(chunk.content)

@@ -56,10 +56,10 @@ def stored_chunks(index: LessonIndex) -> list[StoredChunk]:
     return sorted(chunks, key=lambda c: c.id)
 
 
-def content_key(index: LessonIndex) -> str:
-    """Identifies the collection's content: its chunk ids and chunk hashes (and the analyzer)."""
+def content_key(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Identifies a collection's content from its (chunk id, metadata) rows: ids and chunk hashes (and the analyzer)."""
     digest = hashlib.sha256(ANALYZER_VERSION.encode())
-    for chunk_id, meta in sorted(index.metadatas()):
+    for chunk_id, meta in sorted(rows, key=lambda row: row[0]):
         digest.update(f"\0{chunk_id}\0{meta.get('chunk_hash', '')}".encode())
     return digest.hexdigest()
 
@@ -122,12 +122,14 @@ _lock = threading.Lock()
 
 def lexical_index(index: LessonIndex) -> LexicalIndex:
     """The BM25 index for the collection's current content, built or taken from the cache."""
-    key = content_key(index)
+    key = content_key(index.metadatas())
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        built = LexicalIndex.build(stored_chunks(index), key)
+        chunks = stored_chunks(index)  # re-read whole: the key is taken from what is actually built
+        key = content_key([(c.id, c.metadata) for c in chunks])
+        built = LexicalIndex.build(chunks, key)
         _cache[key] = built
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)

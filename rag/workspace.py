@@ -24,8 +24,15 @@ def open_index(settings: Settings, *, rebuild: bool = False, create: bool = True
 
 
 def make_ranker(settings: Settings, index: LessonIndex, embeddings: E5Embeddings) -> Ranker:
-    """The ranker the settings ask for."""
-    return DenseRanker(index, embeddings)
+    """The ranker the settings ask for: dense, bm25 or hybrid (all score hits by dense cosine)."""
+    if settings.retrieval_method == "dense":
+        return DenseRanker(index, embeddings)
+    from rag.fusion import HybridRanker, QueryVectorCache  # BM25 pulls in pyvi: imported only when asked for
+    from rag.lexical import BM25Ranker
+
+    shared = QueryVectorCache.wrap(embeddings)  # hybrid's two rankers then embed each question once
+    lexical = BM25Ranker(index, shared)
+    return lexical if settings.retrieval_method == "bm25" else HybridRanker(DenseRanker(index, shared), lexical)
 
 
 def open_searcher(settings: Settings, *, announce: bool = True) -> Searcher:

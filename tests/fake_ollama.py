@@ -3,8 +3,8 @@
 Exceptions that reach callers of ChatOllama (langchain-ollama 1.1.0, ollama 0.6.3, httpx 0.28):
 - refused connection: `httpx.ConnectError` for streaming requests (ChatOllama's default, `invoke`
   included); builtin `ConnectionError` for `stream=False` and for `validate_model_on_init=True`.
-- unknown model: `ollama.ResponseError` with `.status_code == 404`; with `validate_model_on_init=True`
-  the constructor raises `pydantic.ValidationError` (a `ValueError`) instead, naming the model.
+- unknown model: `ollama.ResponseError` with `.status_code == 404`; with
+  `validate_model_on_init=True` the constructor raises `pydantic.ValidationError` (a `ValueError`).
 - timeout (`client_kwargs={"timeout": s}`): `httpx.ReadTimeout` (an `httpx.TimeoutException`).
 - broken stream: `httpx.RemoteProtocolError` once the chunks already received have been yielded;
   an `{"error": ...}` line in the stream (real Ollama's runner failure) gives `ollama.ResponseError`
@@ -76,7 +76,7 @@ class FakeOllama:
         self.reply = reply
         self.first_token_delay_s = first_token_delay_s
         self.token_delay_s = token_delay_s
-        # After this many NDJSON lines the connection is cut (or, with stream_error, an error line sent).
+        # After this many NDJSON lines the connection is cut, or with stream_error an error line sent.
         self.break_after_chunks = break_after_chunks
         self.stream_error = stream_error
         self.context_length = context_length
@@ -101,7 +101,9 @@ class FakeOllama:
             self._stopping.clear()
             self._server = _Server(("127.0.0.1", 0), _Handler)
             self._server.fake = self
-            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, args=(0.02,), daemon=True
+            )
             self._thread.start()
         return self
 
@@ -168,6 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go's net/http
         with self.server.fake._lock:
             self.server.fake._connections.add(self.connection)
 
@@ -329,12 +332,15 @@ class _Handler(BaseHTTPRequestHandler):
 
         if fake._wait(fake.first_token_delay_s):
             return self._cut()
-        if body.get("stream", True) is False:
-            for _ in range(min(len(lines), stop_at if stop_at is not None else len(lines)) - 1):
+        if body.get("stream", True) is False:  # Ollama answers once generation has finished
+            produced = len(lines) if stop_at is None else min(stop_at, len(lines))
+            for _ in range(produced - 1):
                 if fake._wait(fake.token_delay_s):
                     return self._cut()
-            if stop_at is not None and stop_at < len(lines):
-                return self._json(500, {"error": fake.stream_error}) if fake.stream_error else self._cut()
+            if produced < len(lines):
+                if not fake.stream_error:
+                    return self._cut()
+                return self._json(500, {"error": fake.stream_error})
             text = "".join(pieces)
             final[field] = {"role": "assistant", "content": text} if field == "message" else text
             return self._json(200, final)

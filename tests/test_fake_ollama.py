@@ -90,7 +90,10 @@ def test_messages_options_and_keep_alive_arrive_as_sent(fake: FakeOllama, chat: 
     answer = llm.invoke([SystemMessage("You are a math tutor."), HumanMessage("Solve x+1=3")])
     assert answer.content == "ctx 8192"
     body = fake.last("/api/chat")
-    sent = [{"role": "system", "content": "You are a math tutor."}, {"role": "user", "content": "Solve x+1=3"}]
+    sent = [
+        {"role": "system", "content": "You are a math tutor."},
+        {"role": "user", "content": "Solve x+1=3"},
+    ]
     assert body["model"] == MODEL
     assert body["messages"] == sent
     assert body["options"] == {"num_ctx": 8192, "temperature": 0.0}

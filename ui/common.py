@@ -11,7 +11,7 @@ import streamlit as st
 from rag.conversation_log import ConversationLog
 from rag.embedder_loading import EmbedderUnavailable
 from rag.embeddings import E5Embeddings
-from rag.index import Hit, IndexMismatch, IndexMissing, LessonIndex, describe_location
+from rag.index import Hit, IndexMismatch, IndexMissing, LessonIndex, describe_location, make_client, recorded_identity
 from rag.llm import OllamaStatus, ollama_status
 from rag.retrieval import Searcher
 from rag.settings import Settings, load_settings
@@ -46,6 +46,9 @@ def index_key(settings: Settings) -> tuple[Any, ...]:
 
 @st.cache_resource(show_spinner="Đang nạp mô hình nhúng và chỉ mục tài liệu…")
 def _open_resources(key: tuple[Any, ...], _settings: Settings) -> IndexResources:
+    # Checked first so that a missing index is reported without loading an embedder for nothing.
+    if recorded_identity(make_client(_settings), _settings.collection) is None:
+        raise IndexMissing(f"No index at {describe_location(_settings)}.")
     index, embeddings = open_index(_settings, create=False, announce=False)
     return IndexResources(index, embeddings, Searcher(make_ranker(_settings, index, embeddings)))
 
@@ -135,12 +138,12 @@ def chunk_caption(meta: dict[str, Any], score: float | None = None) -> str:
     return " · ".join(parts)
 
 
-def render_chunk(hit: Hit, number: int | None = None, note: str = "") -> None:
+def render_chunk(hit: Hit, number: int | None = None, note: str = "", *, scored: bool = True) -> None:
     """One chunk: number, lesson › heading, source, page, score and the full text with formulas."""
     with st.container(border=True):
         prefix = f"**[{number}]** " if number is not None else ""
         markdown(f"{prefix}**{chunk_title(hit.metadata)}**")
-        st.caption(chunk_caption(hit.metadata, hit.score) + (f" · {note}" if note else ""))
+        st.caption(chunk_caption(hit.metadata, hit.score if scored else None) + (f" · {note}" if note else ""))
         markdown(hit.text)
 
 

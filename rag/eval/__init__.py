@@ -1,0 +1,41 @@
+"""Retrieval evaluation: labelled questions (dataset), ranx metrics (metrics), reports (report), the CLI (__main__).
+
+`evaluate` runs questions through a `rag.retrieval.Searcher`, the chat's own retrieval path, and scores the rankings.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from rag.eval.dataset import EvalSet, ResolvedQuestion
+from rag.eval.metrics import DEPTH, per_query, related_first, summarize
+from rag.eval.report import QueryResult, Shown
+from rag.retrieval import Searcher
+
+
+def rank_all(searcher: Searcher, questions: Iterable[ResolvedQuestion], k: int = DEPTH,
+             progress: Callable[[], None] | None = None) -> dict[str, tuple[Shown, ...]]:
+    """Each question's top k, no score threshold."""
+    ranked: dict[str, tuple[Shown, ...]] = {}
+    for q in questions:
+        ranked[q.question.id] = tuple(Shown.of(h) for h in searcher.search(q.question.question, k))
+        if progress:
+            progress()
+    return ranked
+
+
+def evaluate(searcher: Searcher, eval_set: EvalSet, progress: Callable[[], None] | None = None) -> tuple[dict[str, float], list[QueryResult]]:
+    """Metrics over the scorable questions, and each question's result."""
+    scorable = eval_set.scorable
+    ranked = rank_all(searcher, scorable, DEPTH, progress)
+    rankings = {qid: [h.id for h in hits] for qid, hits in ranked.items()}
+    correct = {q.question.id: q.correct for q in scorable}
+    related = {q.question.id: q.related for q in scorable}
+    values = per_query(rankings, correct)
+    results = [QueryResult(q.question.id, q.question.question, q.question.type, q.correct, q.related,
+                           ranked[q.question.id], values[q.question.id],
+                           related_first(rankings[q.question.id], q.correct, q.related))
+               for q in scorable]
+    return summarize(rankings, correct, related), results
+
+
+__all__ = ["evaluate", "rank_all"]
