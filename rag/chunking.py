@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -169,8 +170,10 @@ def _pack(units: list[_Unit], count: TokenCounter, config: ChunkerConfig) -> Ite
 
 def split_to_fit(text: str, count: TokenCounter, limit: int, level: int = 0) -> list[str]:
     """Pieces of `text` each within `limit`, cut at the most natural boundary outside formulas."""
-    if count(text) <= limit or level >= len(_SPLIT_LEVELS):
+    if count(text) <= limit:
         return [text]
+    if level >= len(_SPLIT_LEVELS):
+        return _force_split(text, count, limit)
     pieces = _split_outside_math(text, _SPLIT_LEVELS[level])
     if len(pieces) == 1:
         return split_to_fit(text, count, limit, level + 1)
@@ -186,6 +189,16 @@ def split_to_fit(text: str, count: TokenCounter, limit: int, level: int = 0) -> 
     if current.strip():
         out.append(current.strip())
     return [p for part in out for p in split_to_fit(part, count, limit, level + 1) if p]
+
+
+def _force_split(text: str, count: TokenCounter, limit: int) -> list[str]:
+    """Last resort for one formula or word longer than the window: the window wins, since the embedder would
+    otherwise drop the rest silently; a warning says so."""
+    warnings.warn(f"a formula or word longer than {limit} tokens was split: {text[:60]}…", stacklevel=2)
+    if len(text) <= 1:
+        return [text]
+    middle = len(text) // 2
+    return [p for half in (text[:middle], text[middle:]) for p in (split_to_fit(half, count, limit, len(_SPLIT_LEVELS)) if count(half) > limit else [half])]
 
 
 def _split_outside_math(text: str, boundary: re.Pattern[str]) -> list[str]:

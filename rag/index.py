@@ -147,6 +147,12 @@ class LessonIndex:
         """(id, metadata) of every stored chunk, optionally filtered."""
         return [(i, m) for page in self._pages(where, ["metadatas"]) for i, m in zip(page["ids"], page["metadatas"])]
 
+    def chunks(self, where: dict[str, Any] | None = None) -> list[Hit]:
+        """Every stored chunk matching `where`, with its text, in file order (score 0: not a search result)."""
+        hits = [Hit(i, d or "", m or {}, 0.0) for page in self._pages(where, ["documents", "metadatas"])
+                for i, d, m in zip(page["ids"], page["documents"], page["metadatas"])]
+        return sorted(hits, key=lambda h: (str(h.metadata.get("source", "")), int(h.metadata.get("chunk_index", 0))))
+
     def source_states(self) -> dict[str, SourceState]:
         """Per source file, which versions are stored and whether they are complete."""
         states: dict[str, SourceState] = defaultdict(SourceState)

@@ -111,7 +111,7 @@ class LexicalIndex:
         if not self.ids or not terms:
             return []
         scores = self.bm25.get_scores(terms)[: len(self.ids)]
-        candidates = [(self.ids[i], float(s)) for i in np.flatnonzero(scores > 0)
+        candidates = [(self.ids[i], float(scores[i])) for i in np.flatnonzero(scores > 0)
                       if allowed is None or self.ids[i] in allowed]
         return sorted(candidates, key=lambda item: (-item[1], item[0]))[:k]
 

@@ -19,11 +19,11 @@ from ui.formatting import latex_to_markdown
 from ui_testing import COLLECTION, ROOT, build_test_index, ui_env
 
 APP = str(ROOT / "ui" / "app.py")
-TEACHER = str(ROOT / "ui" / "pages" / "1_Giao_vien.py")
+TEACHER = str(ROOT / "ui" / "teacher.py")
 QUESTION = "Khi nào hàm số đồng biến trên một khoảng?"
 REPLY = r"Hàm số đồng biến trên khoảng \(K\) khi \(f'(x) > 0\) với mọi \(x \in K\) [1]."
 TIMEOUT = 120
-SOURCES = {"01-tinh-don-dieu.md", "04-tiem-can.md", "06-phuong-trinh-mu-logarit.md"}
+SOURCES = {"01-tinh-don-dieu.md", "04-tiem-can.md", "08-tich-phan.md"}
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +136,19 @@ def test_ollama_unreachable_shows_the_banner_and_still_the_chunks(env: dict[str,
     assert sum(m.startswith("**[") for m in markdowns(closest)) == 5
     assert [e.label for e in at.expander if e.label == "Nguồn"] == []
     assert log_of(env).exchanges()[0].status == "llm_unreachable"
+
+
+def test_an_interrupted_answer_keeps_its_text_and_warns(env: dict[str, str], fake: FakeOllama) -> None:
+    fake.break_after_chunks = 4
+    try:
+        at = ask(QUESTION)
+    finally:
+        fake.break_after_chunks = None
+    assert any("gián đoạn" in w.value for w in at.warning)
+    written = markdowns(at.chat_message[-1])[0]
+    assert written and latex_to_markdown(REPLY).startswith(written)
+    assert any(m.startswith("**[1]**") for m in markdowns(expander(at, "Các đoạn tài liệu liên quan nhất")))
+    assert log_of(env).exchanges()[0].status == "interrupted"
 
 
 def test_not_covered_shows_the_notice_and_the_closest_chunks(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ if _ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 
-from rag.answering import Answer, Turn, Tutor  # noqa: E402
+from rag.answering import Answer, Turn  # noqa: E402
 from rag.conversation_log import ConversationLog  # noqa: E402
 from rag.index import Hit  # noqa: E402
 from rag.settings import Settings  # noqa: E402
@@ -27,6 +27,7 @@ from ui.common import (  # noqa: E402
     render_chunk,
     stream_into,
     try_open_resources,
+    tutor,
 )
 from ui.formatting import latex_to_markdown  # noqa: E402
 
@@ -105,7 +106,7 @@ def sidebar(settings: Settings, resources: IndexResources | None) -> tuple[int, 
         st.subheader("Tuỳ chọn")
         k = st.slider("Số đoạn tài liệu truy xuất (top-k)", 1, max(_TOP_K_MAX, settings.top_k), settings.top_k, key="top_k")
         show_all = st.toggle(SHOW_ALL_LABEL, key="show_all", help="Dành cho giáo viên: mọi đoạn tìm được, kể cả đoạn không được trích dẫn.")
-        st.button("Cuộc trò chuyện mới", on_click=new_conversation, icon="🆕", width="stretch")
+        st.button("Cuộc trò chuyện mới", on_click=new_conversation, icon=":material/add_comment:", width="stretch")
         if st.session_state.get("log_error"):
             st.caption(f"Không ghi được nhật ký hội thoại: {st.session_state.log_error}")
     return k, show_all
@@ -143,11 +144,11 @@ def render_notice(answer: Answer) -> None:
     if not answer.notice:
         return
     if answer.status == "not_covered":
-        st.info(answer.notice, icon="📚")
+        st.info(answer.notice, icon=":material/menu_book:")
     elif answer.status in _BLOCKING_FAILURES:
-        st.error(answer.notice, icon="🔌")
+        st.error(answer.notice, icon=":material/power_off:")
     else:
-        st.warning(answer.notice, icon="⚠️")
+        st.warning(answer.notice, icon=":material/warning:")
 
 
 def save_feedback(log: ConversationLog, exchange_id: int) -> None:
@@ -220,7 +221,7 @@ def answer_question(question: str, settings: Settings, resources: IndexResources
     with st.chat_message("assistant"):
         slot = st.empty()
         slot.markdown("_Đang tìm trong tài liệu…_")
-        stream = Tutor(resources.searcher, settings).stream(question, history(chat), k=k)
+        stream = tutor(settings, resources).stream(question, history(chat), k=k)
         try:
             stream_into(slot, stream)
         except Exception as exc:  # retrieval itself failed (the tutor handles every LLM failure)
@@ -238,7 +239,7 @@ def chat_page() -> None:
     resources, problem = try_open_resources(settings)
     log = open_log(settings)
     k, show_all = sidebar(settings, resources)
-    st.title("📐 Gia sư Toán THPT")
+    st.title("Gia sư Toán THPT")
     if problem:
         st.error(problem)
         st.chat_input("Chưa có tài liệu để hỏi", disabled=True)
@@ -256,10 +257,10 @@ def chat_page() -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Gia sư Toán THPT", page_icon="📐")
+    st.set_page_config(page_title="Gia sư Toán THPT", page_icon=":material/calculate:")
     st.navigation([
-        st.Page(chat_page, title="Hỏi đáp", icon="💬", default=True),
-        st.Page("pages/1_Giao_vien.py", title="Giáo viên", icon="🧑‍🏫", url_path="giao-vien"),
+        st.Page(chat_page, title="Hỏi đáp", icon=":material/forum:", default=True),
+        st.Page("teacher.py", title="Giáo viên", icon=":material/school:", url_path="giao-vien"),
     ]).run()
 
 

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Protocol
 
 import streamlit as st
 
+from rag.answering import Tutor
 from rag.conversation_log import ConversationLog
 from rag.embedder_loading import EmbedderUnavailable
 from rag.embeddings import E5Embeddings
@@ -20,7 +21,6 @@ from ui.formatting import latex_to_markdown
 
 INGEST_COMMAND = "python -m ingest data/lessons"
 _OLLAMA_TTL_S = 15
-_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,20 @@ def open_resources(settings: Settings) -> IndexResources:
     return _open_resources(index_key(settings), settings)
 
 
+@st.cache_resource(max_entries=8)
+def _tutor(settings_json: str, key: tuple[Any, ...], _settings: Settings, _searcher: Searcher) -> Tutor:
+    return Tutor(_searcher, _settings)
+
+
+def tutor(settings: Settings, resources: IndexResources) -> Tutor:
+    """One tutor per process and settings, so its chat models (and their HTTP clients) are reused across questions."""
+    return _tutor(settings.model_dump_json(), index_key(settings), settings, resources.searcher)
+
+
 def reload_resources() -> None:
     """Forget the open index, e.g. after it was rebuilt."""
     _open_resources.clear()
+    _tutor.clear()
 
 
 def index_problem(exc: Exception, settings: Settings) -> str:
@@ -144,20 +155,8 @@ def render_chunk(hit: Hit, number: int | None = None, note: str = "", *, scored:
         prefix = f"**[{number}]** " if number is not None else ""
         markdown(f"{prefix}**{chunk_title(hit.metadata)}**")
         st.caption(chunk_caption(hit.metadata, hit.score if scored else None) + (f" · {note}" if note else ""))
-        markdown(hit.text)
-
-
-def chunks_where(index: LessonIndex, where: dict[str, Any] | None) -> list[Hit]:
-    """Every stored chunk matching `where`, with its text, in file order (score 0: not a search result)."""
-    hits: list[Hit] = []
-    offset = 0
-    while True:
-        page = index.collection.get(where=where, include=["documents", "metadatas"], limit=_PAGE, offset=offset)
-        if not page["ids"]:
-            break
-        hits += [Hit(i, d or "", m or {}, 0.0) for i, d, m in zip(page["ids"], page["documents"], page["metadatas"])]
-        offset += len(page["ids"])
-    return sorted(hits, key=lambda h: (str(h.metadata.get("source", "")), int(h.metadata.get("chunk_index", 0))))
+        # The chunk text starts with its heading path (it helps retrieval); the card's title already shows it.
+        markdown(hit.text.removeprefix(f"{hit.metadata.get('heading_path', '')}\n\n"))
 
 
 def teacher_password(settings: Settings) -> str | None:

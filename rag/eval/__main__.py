@@ -135,7 +135,8 @@ def run_config(config: Config, prepared: Prepared, settings: Settings, dataset: 
     identity = prepared.embeddings.identity
     with tqdm(total=len(eval_set.scorable), desc=f"{config.method}", unit="q", file=sys.stderr, disable=None) as bar:
         summary, results = evaluate(Searcher(ranker), eval_set, progress=bar.update)
-    return RunResult(name=f"{identity.describe()} · {config.method}", embedder=identity.describe(), embedder_spec=identity.spec,
+    short = Path(identity.spec).name if Path(identity.spec).is_absolute() else identity.spec
+    return RunResult(name=f"{short} · {config.method}", embedder=identity.describe(), embedder_spec=identity.spec,
                      method=config.method, index=prepared.location, chunks=prepared.index.count(), dataset=str(dataset),
                      split=split, summary=summary, queries=results, unmatched=eval_set.unmatched,
                      unscorable=[q.question.id for q in eval_set.unscorable])

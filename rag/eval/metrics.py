@@ -30,15 +30,18 @@ def _ranx(rankings: Rankings, correct: Labels) -> tuple[dict[str, float], dict[s
     from numba.core.errors import NumbaTypeSafetyWarning
     from ranx import Qrels, Run, evaluate  # numba-compiled: imported only when evaluating
 
-    qrels = Qrels({q: {c: 1 for c in correct[q]} for q in correct})
     # ranx orders by score: decreasing pseudo-scores keep our order exactly (no ties for ranx to break)
-    run = Run({q: {c: float(DEPTH - r) for r, c in enumerate(list(dict.fromkeys(rankings.get(q, ())))[:DEPTH])}
-               for q in correct})
+    retrieved = {q: {c: float(DEPTH - r) for r, c in enumerate(list(dict.fromkeys(rankings.get(q, ())))[:DEPTH])}
+                 for q in correct}
+    if not any(retrieved.values()):  # ranx cannot build a run without a single document; every metric is 0
+        return {m: 0.0 for m in RANX_METRICS.values()}, {m: {q: 0.0 for q in correct} for m in RANX_METRICS.values()}
+    qrels = Qrels({q: {c: 1 for c in correct[q]} for q in correct})
+    run = Run({q: docs for q, docs in retrieved.items() if docs})  # make_comparable adds the empty ones back
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NumbaTypeSafetyWarning)  # ranx's own uint64→int64 cast, harmless
         means = evaluate(qrels, run, list(RANX_METRICS.values()), make_comparable=True)
     return ({m: float(v) for m, v in means.items()},  # type: ignore[union-attr]
-            {m: {q: float(v) for q, v in run.scores[m].items()} for m in RANX_METRICS.values()})
+            {m: {q: float(run.scores[m].get(q, 0.0)) for q in correct} for m in RANX_METRICS.values()})
 
 
 def per_query(rankings: Rankings, correct: Labels) -> dict[str, dict[str, float]]:

@@ -138,7 +138,8 @@ def _cell(text: str) -> str:
 
 def metrics_table(results: Sequence[RunResult], keys: Sequence[str]) -> list[str]:
     """Side by side, with the difference of every configuration to the first."""
-    head = ["Metric", *(f"{k}: {r.name}" for k, r in zip(keys, results)), *(f"Δ {k} − {keys[0]}" for k in keys[1:])]
+    names = [k if k == r.method else f"{k}: {r.name}" for k, r in zip(keys, results)]
+    head = ["Metric", *names, *(f"Δ {k} − {keys[0]}" for k in keys[1:])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     for name in METRICS:
         label = f"{name} (lower is better)" if name in LOWER_IS_BETTER else name

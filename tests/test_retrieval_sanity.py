@@ -1,0 +1,47 @@
+"""Sanity of retrieval on the sample index: the easy ('sanity' split) questions find their lesson in the top 3."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rag.settings import Settings
+from rag.workspace import open_searcher
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def sanity_questions() -> list[dict]:
+    questions = []
+    for path in sorted((DATA / "eval" / "parts").glob("*-sanity.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if record.get("split") == "sanity":
+                    questions.append(record)
+    return questions
+
+
+def test_the_sanity_questions_are_well_formed() -> None:
+    questions = sanity_questions()
+    assert len(questions) == 27
+    assert len({q["id"] for q in questions}) == len(questions)
+    for q in questions:
+        label = q["correct"][0]
+        text = (DATA / "lessons" / label["source"]).read_text(encoding="utf-8")
+        assert label["span"] in text, (q["id"], label["span"])
+
+
+def test_the_right_lesson_is_in_the_top_3(sample_index: Settings) -> None:
+    searcher = open_searcher(sample_index, announce=False)
+    questions = sanity_questions()
+    misses = []
+    for q in questions:
+        expected = q["correct"][0]["source"]
+        found = [h.metadata["source"] for h in searcher.search(q["question"], 3)]
+        if expected not in found:
+            misses.append(f"{q['id']}: {q['question']!r} wants {expected}, got {found}")
+    hits = len(questions) - len(misses)
+    print(f"sanity retrieval: {hits}/{len(questions)} in top 3")
+    for miss in misses:
+        print("  miss", miss)
+    assert not misses, "\n".join(misses)
