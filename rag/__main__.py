@@ -11,7 +11,7 @@ from rag.cli_args import add_settings_args, cli_values, settings_from_args
 from rag.embedder_loading import EmbedderUnavailable
 from rag.index import Hit, IndexMismatch, IndexMissing
 from rag.normalize import nfc
-from rag.retrieval import Filters, Searcher
+from rag.retrieval import Filters
 from rag.settings import Settings, provenance
 
 if TYPE_CHECKING:

@@ -1,8 +1,10 @@
 """`python -m rag.eval` end to end on three tiny lessons and four questions, with the bundled embedder."""
 from __future__ import annotations
 
+import io
 import json
 import os
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +56,21 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, Any, str]:
-    monkeypatch.chdir(workdir)  # the per-embedder index goes under ./.vimath_eval of the tmp folder
-    code = main(["--dataset", "q.jsonl", "--lessons", "lessons", "--embedder", "bundled", "--json", "--out", "reports", *extra])
-    out, err = capsys.readouterr()
-    return code, json.loads(out) if code == 0 else None, err
+def run(workdir: Path, *extra: str) -> tuple[int, Any, str]:
+    """The command in `workdir` (its per-embedder index goes under ./.vimath_eval there): exit code, JSON, stderr."""
+    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(workdir)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(["--dataset", "q.jsonl", "--lessons", "lessons", "--embedder", "bundled", "--json", "--out", "reports", *extra])
+    finally:
+        os.chdir(cwd)
+    return code, json.loads(out.getvalue()) if code == 0 else None, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def first_run(workdir: Path) -> tuple[int, Any, str]:
+    return run(workdir)
 
 
 def check(result: dict[str, Any]) -> None:
@@ -70,8 +82,8 @@ def check(result: dict[str, Any]) -> None:
     assert [u["id"] for u in result["unmatched_labels"]] == ["t-xs"]
 
 
-def test_single_configuration(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, result, err = run(workdir, monkeypatch, capsys)
+def test_single_configuration(workdir: Path, first_run: tuple[int, Any, str]) -> None:
+    code, result, err = first_run
     assert code == 0
     check(result)
     assert result["method"] == "dense" and "multilingual-e5-small" in result["embedder"]
@@ -82,15 +94,15 @@ def test_single_configuration(workdir: Path, monkeypatch: pytest.MonkeyPatch, ca
     assert "t-fail" in report and "a sentence that is in no lesson" in report
 
 
-def test_compare_methods_reuses_the_index(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, result, err = run(workdir, monkeypatch, capsys, "--method", "dense", "--compare-method", "hybrid")
+def test_compare_methods_reuses_the_index(workdir: Path, first_run: tuple[int, Any, str]) -> None:
+    code, result, err = run(workdir, "--method", "dense", "--compare-method", "hybrid")
     assert code == 0
     assert set(result) == {"a", "b", "diff"}
     check(result["a"])
     check(result["b"])
     assert result["b"]["method"] == "hybrid"
     assert result["diff"]["MRR@10"] == pytest.approx(result["b"]["MRR@10"] - result["a"]["MRR@10"])
-    assert "0 embedded" in err  # incremental ingest: nothing changed since the first test
+    assert "0 embedded" in err  # incremental ingest: nothing changed since the first run
 
 
 def test_bad_dataset_is_an_error(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

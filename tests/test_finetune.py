@@ -205,9 +205,10 @@ def test_resuming_with_other_settings_is_refused(workspace: Path, tmp_path: Path
     from rag.finetune.trainer import check_resumable
 
     folder = tmp_path / "out/checkpoints"
-    check_resumable(folder, config(workspace, tmp_path / "out"))
+    check_resumable(folder, config(workspace, tmp_path / "out"), resuming=False)
+    check_resumable(folder, config(workspace, tmp_path / "out", lr=1e-4), resuming=False)  # nothing to resume yet
     with pytest.raises(ValueError, match="lr"):
-        check_resumable(folder, config(workspace, tmp_path / "out", lr=1e-4))
+        check_resumable(folder, config(workspace, tmp_path / "out"), resuming=True)
 
 
 def test_bundled_base_is_exported_once_into_models_base(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -48,9 +48,11 @@ def env(lesson_index: Path, fake: FakeOllama, tmp_path: Path, monkeypatch: pytes
     return values
 
 
-def chunk_text(index_dir: Path, chunk_id: str) -> str:
+def chunk_body(index_dir: Path, chunk_id: str) -> str:
+    """The chunk as a card shows it: its text below the heading path that the card has as title."""
     client = chromadb.PersistentClient(path=str(index_dir), settings=ChromaSettings(anonymized_telemetry=False))
-    return client.get_collection(COLLECTION).get(ids=[chunk_id], include=["documents"])["documents"][0]
+    got = client.get_collection(COLLECTION).get(ids=[chunk_id], include=["documents", "metadatas"])
+    return got["documents"][0].removeprefix(f"{got['metadatas'][0]['heading_path']}\n\n")
 
 
 def first_chunk_id(index_dir: Path) -> str:
@@ -107,7 +109,8 @@ def test_question_gets_a_streamed_answer_with_its_cited_source(env: dict[str, st
     sources = expander(at, "Nguồn")
     shown = markdowns(sources)
     assert shown[0].startswith("**[1]** **") and cited[0].heading in shown[0]
-    assert latex_to_markdown(chunk_text(lesson_index, cited[0].chunk_id)) in shown
+    body = chunk_body(lesson_index, cited[0].chunk_id)
+    assert latex_to_markdown(body) in shown and len(body) > 100
     assert any(cited[0].source in c.value and "điểm" in c.value for c in sources.caption)
 
 
@@ -269,7 +272,7 @@ def test_teacher_opens_a_chunk_and_sees_the_questions_citing_it(env: dict[str, s
     record_citing(env, chunk_id, "Câu hỏi trích dẫn đoạn này?")
     at = teacher()
     at.selectbox(key="open_chunk").set_value(chunk_id).run()
-    assert latex_to_markdown(chunk_text(lesson_index, chunk_id)) in markdowns(at)
+    assert latex_to_markdown(chunk_body(lesson_index, chunk_id)) in markdowns(at)
     citing = [d.value for d in at.dataframe if "Câu hỏi" in d.value.columns and "Trạng thái" not in d.value.columns]
     assert list(citing[0]["Câu hỏi"]) == ["Câu hỏi trích dẫn đoạn này?"]
 

@@ -150,10 +150,10 @@ def last_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def check_resumable(folder: Path, config: FinetuneConfig) -> None:
+def check_resumable(folder: Path, config: FinetuneConfig, resuming: bool) -> None:
     """Refuse to resume checkpoints made with another recipe; record the recipe for a fresh run."""
     path = folder / CONFIG_FILE
-    if path.is_file():
+    if resuming and path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved != config.recipe():
             changed = sorted(k for k in set(saved) | set(config.recipe()) if saved.get(k) != config.recipe().get(k))
@@ -206,12 +206,12 @@ def best_of(records: Sequence[EpochRecord]) -> EpochRecord | None:
     return min(scored, key=lambda r: (r.eval_loss, r.epoch)) if scored else None
 
 
-def training_args(config: FinetuneConfig, output_dir: Path, **overrides: Any) -> Any:
+def training_args(config: FinetuneConfig, output_dir: Path) -> Any:
     """The card's recipe as SentenceTransformerTrainingArguments."""
     import torch
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers, SentenceTransformerTrainingArguments
 
-    values: dict[str, Any] = dict(
+    return SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
@@ -236,8 +236,6 @@ def training_args(config: FinetuneConfig, output_dir: Path, **overrides: Any) ->
         report_to="none",
         disable_tqdm=False,
     )
-    values.update(overrides)
-    return SentenceTransformerTrainingArguments(**values)
 
 
 def load_model(base: str, max_seq_length: int) -> Any:
@@ -271,8 +269,8 @@ def build_data(config: FinetuneConfig, base: str) -> tuple[TripletSet, TripletSe
     return sets[0], sets[1]
 
 
-def train(config: FinetuneConfig, *, data: tuple[TripletSet, TripletSet] | None = None, callbacks: Sequence[Any] = (),
-          arg_overrides: dict[str, Any] | None = None) -> TrainResult:
+def train(config: FinetuneConfig, *, data: tuple[TripletSet, TripletSet] | None = None,
+          callbacks: Sequence[Any] = ()) -> TrainResult:
     """Fine-tune, resuming from OUT/checkpoints when a previous run was interrupted; the best epoch ends up in OUT.
 
     `data` (train, validation) replaces the triplets built from `config.data` and `config.lessons`.
@@ -289,13 +287,13 @@ def train(config: FinetuneConfig, *, data: tuple[TripletSet, TripletSet] | None 
     seed_everything(config.seed)
     train_set, val_set = data or build_data(config, base)
     folder = config.out / CHECKPOINTS
-    check_resumable(folder, config)
     resume = last_checkpoint(folder)
+    check_resumable(folder, config, resuming=resume is not None)
     seed_everything(config.seed)
     model = load_model(base, config.max_seq_length)
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=training_args(config, folder, **(arg_overrides or {})),
+        args=training_args(config, folder),
         train_dataset=as_dataset(train_set.triplets),
         eval_dataset=as_dataset(val_set.triplets),
         loss=MultipleNegativesRankingLoss(model),
@@ -316,7 +314,7 @@ def train(config: FinetuneConfig, *, data: tuple[TripletSet, TripletSet] | None 
         data={"train": train_set.summary(), "validation": val_set.summary()},
         steps_per_epoch=-(-len(train_set.triplets) // config.batch_size), epochs=records,
         best_epoch=best.epoch if best else None, best_eval_loss=best.eval_loss if best else None,
-        early_stopped=stopped_early(trainer, config.patience), stopped_at_epoch=last,
+        early_stopped=stopped_early(trainer, config.patience) and last < config.epochs, stopped_at_epoch=last,
         train_time_s=records[-1].elapsed_s if records else 0.0,
         resumed_from=resume.name if resume else None, session_wall_s=time.perf_counter() - started, threads=threads,
         device=describe_device(trainer.args.device, threads),
