@@ -197,7 +197,8 @@ class AnswerStream:
         answer.standalone_question, failure = tutor.condense(answer.question, self.history)
         answer.retrieved = tutor.searcher.search(answer.standalone_question, self.k, filters=self.filters)
         answer.timings.retrieval_s = time.perf_counter() - started
-        if not answer.retrieved or answer.retrieved[0].score < settings.min_score:
+        # max, not the first: hybrid and BM25 order by their own scores, while `score` is always the dense cosine
+        if not answer.retrieved or max(h.score for h in answer.retrieved) < settings.min_score:
             answer.status, answer.notice = "not_covered", NOT_COVERED
             return
         if failure in {Failure.UNREACHABLE, Failure.MODEL_MISSING}:

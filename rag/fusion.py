@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from itertools import zip_longest
-from typing import Any, Sequence
+from typing import Any
 
 from rag.embeddings import E5Embeddings
 from rag.index import Hit
@@ -23,7 +24,7 @@ class QueryVectorCache(E5Embeddings):
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
 
     @classmethod
-    def wrap(cls, embeddings: E5Embeddings) -> "QueryVectorCache":
+    def wrap(cls, embeddings: E5Embeddings) -> QueryVectorCache:
         return embeddings if isinstance(embeddings, QueryVectorCache) else cls(embeddings)
 
     def embed_query(self, text: str) -> list[float]:

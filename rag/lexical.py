@@ -3,23 +3,27 @@
 Design: nothing lexical is stored beside the index. The BM25 index is built from the chunks the Chroma collection
 holds when a ranker opens, and kept in a process-wide cache keyed on the collection's content: every chunk id and
 chunk hash. Chunk ids are derived from the file fingerprint (its text and the chunker settings), so every ingest that
-changes anything (a file added, updated or pruned, a rebuild) changes the key. The ranker recomputes the key before
-each query (one metadata read, a few ms for hundreds of chunks) and rebuilds when it differs, so BM25 and the dense
-index never disagree about which chunks exist, even when another process ingested meanwhile. Building takes about
+changes anything (a file added, updated or pruned, a rebuild) changes the key. The ranker recomputes the key (one
+metadata read of the whole collection: a few ms for hundreds of chunks, ~100 ms for 10,000) at most every
+`FRESHNESS_S` seconds and rebuilds when it differs, so an ingest by another process shows in BM25 within seconds
+without putting that read on every question's path. Building takes about
 2 s per 400 chunks (pyvi), once per process and content.
 
-Questions typed without diacritics ("dao ham la gi") are matched through a diacritics-free copy of every
-syllable, indexed beside the segmented words (see `analyze`).
+Questions typed without diacritics ("dao ham la gi") are matched through diacritics-free syllables indexed beside
+the segmented words (see `analyze`). Measured on the validation split with the bundled embedder's index: BM25
+MRR@10 0.674 → 0.815, and 0.119 → 0.929 on its questions typed without diacritics (train: 0.634 → 0.668).
 """
 from __future__ import annotations
 
 import hashlib
 import re
 import threading
+import time
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import bm25s
 import numpy as np
@@ -28,8 +32,8 @@ from rag.embeddings import E5Embeddings
 from rag.index import Hit, LessonIndex
 from rag.normalize import nfc
 
+FRESHNESS_S = 5.0
 ANALYZER_VERSION = "1"  # part of the cache key: a new analyzer must not reuse old token lists
-_PAGE = 2000
 _CACHE_SIZE = 4
 _WORD = re.compile(r"\w+")
 
@@ -44,16 +48,8 @@ class StoredChunk:
 
 
 def stored_chunks(index: LessonIndex) -> list[StoredChunk]:
-    """Every chunk of the collection with its text and metadata, in a stable order."""
-    chunks: list[StoredChunk] = []
-    offset = 0
-    while True:
-        page = index.collection.get(include=["documents", "metadatas"], limit=_PAGE, offset=offset)
-        if not page["ids"]:
-            break
-        chunks.extend(StoredChunk(i, d or "", m or {}) for i, d, m in zip(page["ids"], page["documents"], page["metadatas"]))
-        offset += len(page["ids"])
-    return sorted(chunks, key=lambda c: c.id)
+    """Every chunk of the collection with its text and metadata, ordered by id."""
+    return sorted((StoredChunk(h.id, h.text, h.metadata) for h in index.chunks()), key=lambda c: c.id)
 
 
 def content_key(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
@@ -71,11 +67,11 @@ def strip_diacritics(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words as pyvi segments them ("đạo_hàm"), punctuation dropped."""
+    """Words of the NFC, lower-cased text as pyvi segments them ("đạo_hàm"), punctuation dropped."""
     from pyvi import ViTokenizer  # slow to import (a CRF model): only when BM25 is used
 
-    segmented = ViTokenizer.tokenize(nfc(text)) if text.strip() else ""
-    return _WORD.findall(segmented.lower())
+    lowered = nfc(text).lower()
+    return _WORD.findall(ViTokenizer.tokenize(lowered)) if lowered.strip() else []
 
 
 def analyze(text: str) -> list[str]:
@@ -95,22 +91,23 @@ class LexicalIndex:
 
     key: str
     ids: list[str]
-    bm25: bm25s.BM25
+    bm25: bm25s.BM25 | None  # None when there is no term at all (bm25s cannot index that)
 
     @classmethod
-    def build(cls, chunks: Sequence[StoredChunk], key: str) -> "LexicalIndex":
+    def build(cls, chunks: Sequence[StoredChunk], key: str) -> LexicalIndex:
+        corpus = [analyze(c.text) for c in chunks]
+        if not any(corpus):
+            return cls(key, [c.id for c in chunks], None)
         bm25 = bm25s.BM25()
-        # bm25s cannot index an empty corpus; one empty document keeps the shapes valid and never scores
-        corpus = [analyze(c.text) for c in chunks] or [[]]
         bm25.index(corpus, show_progress=False)
         return cls(key, [c.id for c in chunks], bm25)
 
     def top(self, query: str, k: int, allowed: set[str] | None = None) -> list[tuple[str, float]]:
         """The k best chunks with a positive BM25 score, best first (ties by chunk id)."""
         terms = analyze(query)
-        if not self.ids or not terms:
+        if self.bm25 is None or not terms:
             return []
-        scores = self.bm25.get_scores(terms)[: len(self.ids)]
+        scores = self.bm25.get_scores(terms)
         candidates = [(self.ids[i], float(scores[i])) for i in np.flatnonzero(scores > 0)
                       if allowed is None or self.ids[i] in allowed]
         return sorted(candidates, key=lambda item: (-item[1], item[0]))[:k]
@@ -168,22 +165,24 @@ class BM25Ranker:
         self.index = index
         self.embeddings = embeddings
         self.lexical = lexical_index(index)  # built at open time, not on the first question
+        self._checked = time.monotonic()
 
     def current(self) -> LexicalIndex:
-        """The BM25 index, rebuilt first if the collection changed since it was built."""
-        self.lexical = lexical_index(self.index)
+        """The BM25 index, rebuilt first if the collection changed since it was built (checked every FRESHNESS_S)."""
+        if time.monotonic() - self._checked >= FRESHNESS_S:
+            self.lexical = lexical_index(self.index)
+            self._checked = time.monotonic()
         return self.lexical
 
     def top(self, query: str, k: int, where: dict[str, Any] | None) -> list[tuple[str, float]]:
         """(chunk id, BM25 score) of the k best chunks, without embedding the query."""
         return self.current().top(query, k, allowed_ids(self.index, where))
 
-    def hits(self, query: str, scored: Sequence[tuple[str, float]], extra: dict[str, dict[str, Any]] | None = None) -> list[Hit]:
-        """Hits for (id, BM25) pairs, in order, with the dense cosine as score."""
+    def hits(self, query: str, scored: Sequence[tuple[str, float]]) -> list[Hit]:
+        """Hits for (id, BM25) pairs, in order, with the dense cosine as score (the query is embedded only if needed)."""
         if not scored:
             return []
-        meta = {i: {"bm25": s, **(extra or {}).get(i, {})} for i, s in scored}
-        return hits_for(self.index, [i for i, _ in scored], self.embeddings.embed_query(query), meta)
+        return hits_for(self.index, [i for i, _ in scored], self.embeddings.embed_query(query), {i: {"bm25": s} for i, s in scored})
 
     def rank(self, query: str, k: int, where: dict[str, Any] | None) -> list[Hit]:
         return self.hits(query, self.top(query, k, where))

@@ -27,7 +27,8 @@ def make_ranker(settings: Settings, index: LessonIndex, embeddings: E5Embeddings
     """The ranker the settings ask for: dense, bm25 or hybrid (all score hits by dense cosine)."""
     if settings.retrieval_method == "dense":
         return DenseRanker(index, embeddings)
-    from rag.fusion import HybridRanker, QueryVectorCache  # BM25 pulls in pyvi: imported only when asked for
+    # BM25 pulls in pyvi and bm25s: imported only when asked for
+    from rag.fusion import HybridRanker, QueryVectorCache
     from rag.lexical import BM25Ranker
 
     shared = QueryVectorCache.wrap(embeddings)  # hybrid's two rankers then embed each question once

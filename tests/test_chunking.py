@@ -157,7 +157,9 @@ def test_split_to_fit_prefers_paragraph_then_sentence_boundaries() -> None:
     text = "a b c. d e f.\n\ng h i. j k l."
     assert split_to_fit(text, count, 6) == ["a b c. d e f.", "g h i. j k l."]
     assert split_to_fit(text, count, 3) == ["a b c.", "d e f.", "g h i.", "j k l."]
-    assert split_to_fit("x $a + b + c + d$ y", count, 2) == ["x", "$a + b + c + d$", "y"]
+    # The spaces inside a formula are no boundaries, as long as the formula itself fits.
+    assert split_to_fit("x $a + b$ y", count, 3) == ["x", "$a + b$", "y"]
+    assert split_to_fit("p q \\(u + v\\) r", count, 3) == ["p q", "\\(u + v\\)", "r"]
 
 
 # --- property-based ---------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rag.eval.__main__ import main  # noqa: E402
-from rag.eval.metrics import METRICS  # noqa: E402
+from rag.eval.__main__ import main
+from rag.eval.metrics import METRICS
 
 LESSONS = {
     "lop11/01-cap-so-cong.md": """# Bài 1. Cấp số cộng

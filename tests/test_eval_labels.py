@@ -6,20 +6,28 @@ import os
 import re
 import unicodedata
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ingest.job import IngestJob, discover  # noqa: E402
-from rag.chunking import ChunkerConfig  # noqa: E402
-from rag.embeddings import E5Embeddings, EmbedderIdentity, Role  # noqa: E402
-from rag.eval.dataset import DatasetError, EvalSet, Label, load_questions, normalized, parse_question, resolve_against  # noqa: E402
-from rag.index import LessonIndex  # noqa: E402
-from rag.settings import load_settings  # noqa: E402
+from ingest.job import IngestJob, discover
+from rag.chunking import ChunkerConfig
+from rag.embeddings import E5Embeddings, EmbedderIdentity, Role
+from rag.eval.dataset import (
+    DatasetError,
+    EvalSet,
+    Label,
+    load_questions,
+    normalized,
+    parse_question,
+    resolve_against,
+)
+from rag.index import LessonIndex
+from rag.settings import load_settings
 
 A = "lop10/01-ham-so.md"
 B = "lop10/02-vecto.md"

@@ -5,6 +5,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -49,6 +50,16 @@ def build_lesson_st_model(folder: Path, lessons: Path) -> Path:
     model.save(str(folder))
     shutil.rmtree(raw)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """train() pins torch's threads for the process; give the rest of the suite its setting back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

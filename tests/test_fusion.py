@@ -4,20 +4,21 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rag.embeddings import E5Embeddings, EmbedderIdentity, Role  # noqa: E402
-from rag.fusion import HybridRanker, QueryVectorCache, reciprocal_rank_fusion  # noqa: E402
-from rag.index import Hit, LessonIndex  # noqa: E402
-from rag.lexical import BM25Ranker, LexicalIndex, StoredChunk, analyze, strip_diacritics  # noqa: E402
-from rag.retrieval import DenseRanker, Searcher  # noqa: E402
-from rag.settings import load_settings  # noqa: E402
+from rag.embeddings import E5Embeddings, EmbedderIdentity, Role
+from rag.fusion import HybridRanker, QueryVectorCache, reciprocal_rank_fusion
+from rag.index import Hit, LessonIndex
+from rag.lexical import BM25Ranker, LexicalIndex, StoredChunk, analyze, strip_diacritics
+from rag.retrieval import DenseRanker, Searcher
+from rag.settings import load_settings
 
 CHUNKS = {
     "ham": "Bài 1. Hàm số › 1. Đạo hàm\n\nĐạo hàm của hàm hợp: $(u(v(x)))' = u'(v(x)) \\cdot v'(x)$.",
@@ -75,6 +76,11 @@ def test_bm25_returns_nothing_without_shared_words() -> None:
     assert lexical().top("zzz qqq", 3) == []
 
 
+def test_bm25_over_no_terms_at_all() -> None:
+    assert LexicalIndex.build([], "empty").top("hàm số", 3) == []
+    assert LexicalIndex.build([StoredChunk("p", "$$ $$", {})], "punct").top("hàm số", 3) == []
+
+
 class WordBackend:
     """Deterministic bag-of-words vectors: cosine is meaningful and cheap."""
 
@@ -121,7 +127,10 @@ def test_bm25_ranker_applies_filters(index: tuple[LessonIndex, E5Embeddings]) ->
     assert [h.id for h in hits] == ["csc"]
 
 
-def test_bm25_follows_the_index_after_an_ingest(index: tuple[LessonIndex, E5Embeddings]) -> None:
+def test_bm25_follows_the_index_after_an_ingest(index: tuple[LessonIndex, E5Embeddings], monkeypatch: pytest.MonkeyPatch) -> None:
+    import rag.lexical
+
+    monkeypatch.setattr(rag.lexical, "FRESHNESS_S", 0.0)  # check on every question, as after FRESHNESS_S seconds
     idx, embeddings = index
     ranker = BM25Ranker(idx, embeddings)
     assert ranker.rank("lượng giác", 3, None) == []

@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from rag.eval.dataset import EvalSet, ResolvedQuestion
 from rag.eval.metrics import DEPTH, per_query, related_first, summarize

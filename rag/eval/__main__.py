@@ -5,10 +5,11 @@ import argparse
 import hashlib
 import json
 import re
+import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
@@ -17,7 +18,14 @@ from rag.cli_args import add_settings_args, settings_from_args
 from rag.embedder_loading import EmbedderUnavailable, load_embeddings
 from rag.embeddings import E5Embeddings, EmbedderIdentity
 from rag.eval import evaluate
-from rag.eval.dataset import DatasetError, EvalSet, Question, load_questions, resolve_against
+from rag.eval.dataset import (
+    SPLITS,
+    DatasetError,
+    EvalSet,
+    Question,
+    load_questions,
+    resolve_against,
+)
 from rag.eval.report import RunResult, comparison_json, markdown, write_reports
 from rag.fusion import QueryVectorCache
 from rag.index import IndexMismatch, IndexMissing, LessonIndex, describe_location
@@ -51,7 +59,7 @@ class Prepared:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m rag.eval", description=__doc__)
-    parser.add_argument("--split", choices=("train", "validation", "test"), default=None,
+    parser.add_argument("--split", choices=SPLITS, default=None,
                         help=f"which questions (default {DEFAULT_SPLIT}; with --dataset, all of the file)")
     parser.add_argument("--dataset", type=Path, metavar="FILE.jsonl", help="questions file (default data/eval/<split>.jsonl)")
     parser.add_argument("--method", choices=METHODS, default=None, help="retrieval method (default: the retrieval_method setting)")
@@ -149,9 +157,10 @@ def keys_for(results: Sequence[RunResult], all_methods: bool) -> list[str]:
 
 
 def report_stem(split: str | None, dataset: Path, results: Sequence[RunResult], all_methods: bool) -> str:
-    names = [f"{r.embedder_spec}-{r.method}" for r in results] if not all_methods else [f"{results[0].embedder_spec}-all-methods"]
-    raw = f"eval-{split or dataset.stem}-" + "-vs-".join(names)
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-")[:150]
+    """A file name that says what was evaluated; the same run overwrites its own reports."""
+    names = [results[0].name.split(" · ")[0] + " all methods"] if all_methods else [r.name for r in results]
+    raw = f"eval {split or dataset.stem} " + " vs ".join(names)
+    return re.sub(r"[^A-Za-z0-9._]+", "-", raw).strip("-")[:150]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     keys = keys_for(results, args.all_methods)
     title = f"Retrieval evaluation — {split or dataset.name}"
-    text = markdown(results, keys, title)
+    command = " ".join(["python -m rag.eval", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
+    text = markdown(results, keys, title, command)
     payload = comparison_json(results, keys)
     md, js = write_reports(args.out, report_stem(split, dataset, results, args.all_methods), text, payload)
     print(f"Reports: {md}, {js}", file=sys.stderr)

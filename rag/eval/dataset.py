@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import product
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from rag.chunking import HEADING_SEPARATOR
 from rag.index import LessonIndex
@@ -40,7 +42,7 @@ class Label:
     span: str | None = None
 
     @classmethod
-    def parse(cls, raw: Any) -> "Label":
+    def parse(cls, raw: Any) -> Label:
         """A label from its JSON object (raises ValueError)."""
         if not isinstance(raw, dict):
             raise ValueError(f"a label must be an object, not {raw!r}")
@@ -48,8 +50,8 @@ class Label:
         if unknown:
             raise ValueError(f"unknown label keys {sorted(unknown)} (labels name files, headings or spans, never chunk ids)")
         source = raw.get("source")
-        sources = (source,) if isinstance(source, str) else tuple(source or ())
-        if not all(isinstance(s, str) and s for s in sources) or (source is not None and not sources):
+        sources = (source,) if isinstance(source, str) else tuple(source) if isinstance(source, list) else ()
+        if source is not None and (not sources or not all(isinstance(s, str) and s.strip() for s in sources)):
             raise ValueError(f"'source' must be a path or a non-empty list of paths: {source!r}")
         heading, span = raw.get("heading"), raw.get("span")
         for name, value in (("heading", heading), ("span", span)):
@@ -71,17 +73,21 @@ class Label:
             out["span"] = self.span
         return out
 
-    def matches(self, chunk: "ChunkView") -> bool:
+    def matches(self, chunk: ChunkView) -> bool:
         if self.sources and chunk.source not in self.sources:
             return False
         if self.heading is not None and chunk.headings[: len(self.headings)] != self.headings:
             return False
-        return self.span is None or normalized(self.span) in chunk.normalized_text
+        return self.span is None or self.normalized_span in chunk.normalized_text
 
-    @property
+    @cached_property
     def headings(self) -> tuple[str, ...]:
         """The heading label's path, one normalized title per level."""
         return split_heading_path(self.heading or "")
+
+    @cached_property
+    def normalized_span(self) -> str:
+        return normalized(self.span or "")
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ class ChunkView:
     normalized_text: str
 
     @classmethod
-    def of(cls, chunk: StoredChunk) -> "ChunkView":
+    def of(cls, chunk: StoredChunk) -> ChunkView:
         heading_path = str(chunk.metadata.get("heading_path", ""))
         return cls(chunk.id, chunk.text, str(chunk.metadata.get("source", "")), heading_path,
                    split_heading_path(heading_path), normalized(chunk.text))

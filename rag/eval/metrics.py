@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +28,11 @@ Labels = Mapping[str, frozenset[str] | set[str]]  # query id → chunk ids
 def _ranx(rankings: Rankings, correct: Labels) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """ranx's mean of every metric, and its per-query values (ranx name → query id → value)."""
     from numba.core.errors import NumbaTypeSafetyWarning
-    from ranx import Qrels, Run, evaluate  # numba-compiled: imported only when evaluating
+    from ranx import (  # numba-compiled: imported only when evaluating
+        Qrels,
+        Run,
+        evaluate,
+    )
 
     # ranx orders by score: decreasing pseudo-scores keep our order exactly (no ties for ranx to break)
     retrieved = {q: {c: float(DEPTH - r) for r, c in enumerate(list(dict.fromkeys(rankings.get(q, ())))[:DEPTH])}

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rag.eval.dataset import Unmatched
 from rag.eval.metrics import DEPTH, HARD_NEGATIVE, LOWER_IS_BETTER, METRICS
@@ -24,11 +25,13 @@ class Shown:
     text: str
 
     @classmethod
-    def of(cls, hit: Hit) -> "Shown":
+    def of(cls, hit: Hit) -> Shown:
         return cls(hit.id, str(hit.metadata.get("source", "")), str(hit.metadata.get("heading_path", "")), hit.score, hit.text)
 
     def snippet(self) -> str:
-        body = " ".join(self.text.split())
+        """The start of the chunk's body (its heading line is shown apart)."""
+        text = self.text[len(self.heading_path):] if self.heading_path and self.text.startswith(self.heading_path) else self.text
+        body = " ".join(text.split())
         return body if len(body) <= SNIPPET_CHARS else body[: SNIPPET_CHARS - 1] + "…"
 
 
@@ -169,14 +172,15 @@ def failures_section(key: str, result: RunResult) -> list[str]:
     return lines + [""]
 
 
-def markdown(results: Sequence[RunResult], keys: Sequence[str], title: str) -> str:
+def markdown(results: Sequence[RunResult], keys: Sequence[str], title: str, command: str) -> str:
     """The whole report."""
     first = results[0]
-    lines = [f"# {title}", "",
-             f"Questions: `{first.dataset}`" + (f", split `{first.split}`" if first.split else "")
-             + f"; k = {DEPTH} through `rag.retrieval.Searcher` (the chat's retrieval path); relevance = the correct chunks.",
-             f"{HARD_NEGATIVE}: share of questions where a related chunk (hard negative) ranks above every correct "
-             f"chunk in the top {DEPTH}.", "",
+    split = f", split `{first.split}`" if first.split else ""
+    lines = [f"# {title}", "", f"`{command}`", "",
+             (f"Questions: `{first.dataset}`{split}; k = {DEPTH} through `rag.retrieval.Searcher` (the chat's retrieval "
+              "path); relevance = the correct chunks."), "",
+             (f"{HARD_NEGATIVE}: share of questions where a related chunk (hard negative) ranks above every correct "
+              f"chunk in the top {DEPTH}."), "",
              "| Configuration | Embedder | Method | Index | Chunks | Scored questions |", "|---|---|---|---|---:|---:|"]
     for key, r in zip(keys, results):
         lines.append(f"| {key} | {_cell(r.embedder)} | {r.method} | `{r.index}` | {r.chunks} | {len(r.queries)} |")
