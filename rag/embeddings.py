@@ -99,7 +99,8 @@ class SentenceTransformerBackend:
         return self._model.encode(prefixed, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
 
     def count_tokens(self, text: str, role: Role) -> int:
-        return len(self._model.tokenizer(PREFIXES[role] + text, add_special_tokens=True)["input_ids"])
+        # verbose=False: counting a candidate longer than the window is how the chunker finds where to cut
+        return len(self._model.tokenizer(PREFIXES[role] + text, add_special_tokens=True, verbose=False)["input_ids"])
 
 
 def _model_folder(model: object, spec: str) -> Path | None:

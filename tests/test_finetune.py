@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
-
 from conftest import REPO, SMALL_LESSONS, copy_lessons
+
 from rag.eval.dataset import Triplet
 from rag.finetune.trainer import FinetuneConfig, Interrupted, TrainResult, train
 from rag.finetune.triplets import TripletSet, build_triplets, lesson_chunks, load_split
@@ -22,7 +22,11 @@ def build_lesson_st_model(folder: Path, lessons: Path) -> Path:
     """A random 2-layer, 32-d BERT whose WordPiece vocabulary is trained on the lessons' text."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Normalize,
+        Pooling,
+        Transformer,
+    )
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors, trainers
     from tokenizers import models as tokenizer_models
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
@@ -136,6 +140,7 @@ def test_training_lowers_the_loss_and_the_model_loads_with_prefixes(workspace: P
     losses = [e.train_loss for e in result.epochs]
     assert len(losses) == 4 and all(x is not None for x in losses)
     assert losses[-1] < losses[0]
+    assert result.base_eval_loss is not None and [e.epoch for e in result.epochs] == [1, 2, 3, 4]
     assert not (tmp_path / "tuned/checkpoints").exists()  # a finished run needs nothing to resume from
     log = json.loads((tmp_path / "tuned/training_log.json").read_text(encoding="utf-8"))
     assert log["completed"] and log["best_epoch"] == result.best_epoch and len(log["epochs"]) == 4
@@ -184,14 +189,14 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(workspace: Path, tmp_pat
     from transformers import TrainerCallback
 
     class StopAfterFirstSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_save(self, args, state, control, **kwargs):
             raise KeyboardInterrupt
 
     class FirstStep(TrainerCallback):
         def __init__(self) -> None:
             self.steps: list[int] = []
 
-        def on_epoch_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_epoch_begin(self, args, state, control, **kwargs):
             self.steps.append(state.global_step)
 
     out = tmp_path / "resumed"
@@ -205,6 +210,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(workspace: Path, tmp_pat
     seen = FirstStep()
     result = train(cfg, data=triplet_sets, callbacks=[seen])
     assert result.resumed_from == f"checkpoint-{steps}"
+    assert result.base_eval_loss is not None  # measured before the interrupt, read back
     assert seen.steps == [steps, 2 * steps]  # epochs 2 and 3 only: epoch 1 came from the checkpoint
     assert [e.epoch for e in result.epochs] == [1, 2, 3]
 

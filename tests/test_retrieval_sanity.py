@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from rag.settings import Settings
 from rag.workspace import open_searcher
 
@@ -36,8 +38,9 @@ def test_the_sanity_questions_are_well_formed() -> None:
         assert label["span"] in text, (q["id"], label["span"])
 
 
-def test_the_right_lesson_is_in_the_top_3(sample_index: Settings) -> None:
-    searcher = open_searcher(sample_index, announce=False)
+@pytest.mark.parametrize("method", ["dense", "hybrid"])
+def test_the_right_lesson_is_in_the_top_3(sample_index: Settings, method: str) -> None:
+    searcher = open_searcher(sample_index.model_copy(update={"retrieval_method": method}), announce=False)
     questions = sanity_questions()
     misses, ambiguous_misses = [], []
     for q in questions:
@@ -47,7 +50,7 @@ def test_the_right_lesson_is_in_the_top_3(sample_index: Settings) -> None:
             miss = f"{q['id']}: {q['question']!r} wants {expected}, got {found}"
             (ambiguous_misses if q["id"] in AMBIGUOUS else misses).append(miss)
     hits = len(questions) - len(misses) - len(ambiguous_misses)
-    print(f"sanity retrieval: {hits}/{len(questions)} in top 3")
+    print(f"sanity retrieval ({method}): {hits}/{len(questions)} in top 3")
     for miss in ambiguous_misses + misses:
         print("  miss", miss)
     assert not misses, "\n".join(misses)

@@ -19,12 +19,23 @@ def search_json(capsys: pytest.CaptureFixture[str], index: Settings, *args: str)
     return json.loads(out)
 
 
-def test_json_results_are_ranked_records(sample_index: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    hits = search_json(capsys, sample_index, "Công thức tính tích phân từng phần")
+@pytest.mark.parametrize("method", [None, "dense", "hybrid", "bm25"])
+def test_json_results_are_ranked_records(sample_index: Settings, capsys: pytest.CaptureFixture[str],
+                                         method: str | None) -> None:
+    extra = ["--retrieval-method", method] if method else []
+    hits = search_json(capsys, sample_index, "Công thức tính tích phân từng phần", *extra)
     assert len(hits) == sample_index.top_k == 5
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     scores = [h["score"] for h in hits]
-    assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
+    assert all(0 < s <= 1 for s in scores)  # `score` is the dense cosine whatever ranks the hits
+    if method == "dense":
+        assert scores == sorted(scores, reverse=True)
+    if method == "hybrid" or (method is None and sample_index.retrieval_method == "hybrid"):
+        fused = [h["metadata"]["rrf"] for h in hits]
+        assert fused == sorted(fused, reverse=True)
+    if method == "bm25":
+        lexical = [h["metadata"]["bm25"] for h in hits]
+        assert lexical == sorted(lexical, reverse=True)
     assert len({h["metadata"]["id"] for h in hits}) == 5
     for hit in hits:
         assert hit["text"].strip()

@@ -7,10 +7,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from rag.finetune.trainer import AUTO, FinetuneConfig, Interrupted, TrainResult, load_log, set_threads, train, write_log
+from rag.finetune.trainer import (
+    AUTO,
+    FinetuneConfig,
+    Interrupted,
+    TrainResult,
+    load_log,
+    set_threads,
+    train,
+    write_log,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -67,7 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(summary(result))
-    from rag.finetune.card import Comparison, EvaluationFailed, compare_on_test, write_card
+    from rag.finetune.card import (
+        Comparison,
+        EvaluationFailed,
+        compare_on_test,
+        write_card,
+    )
 
     comparison = Comparison.from_log(result.test, config.out / "eval") if result.test else None
     if not args.no_eval:

@@ -38,7 +38,7 @@ class Comparison:
         return self.tuned[metric] - self.base[metric]
 
     @classmethod
-    def from_log(cls, test: dict[str, Any], reports: Path) -> "Comparison":
+    def from_log(cls, test: dict[str, Any], reports: Path) -> Comparison:
         """The comparison a previous run stored in training_log.json."""
         return cls(test["base"], test["fine_tuned"], int(test["queries"]), str(test["dataset"]), str(reports))
 
@@ -111,6 +111,8 @@ def comparison_table(c: Comparison) -> list[str]:
 
 def epochs_table(result: TrainResult) -> list[str]:
     lines = ["| Epoch | Step | Training loss | Validation loss | Elapsed |", "|---:|---:|---:|---:|---:|"]
+    if result.base_eval_loss is not None:
+        lines.append(f"| 0 (base) | 0 | — | {_num(result.base_eval_loss)} | — |")
     for e in result.epochs:
         mark = " **(best)**" if e.epoch == result.best_epoch else ""
         lines.append(f"| {e.epoch}{mark} | {e.step} | {_num(e.train_loss)} | {_num(e.eval_loss)} | {e.elapsed_s:.0f} s |")
@@ -129,76 +131,102 @@ def _data_lines(result: TrainResult, comparison: Comparison | None) -> list[str]
     return lines
 
 
+FRONT_MATTER = ["---", "language:", "- vi", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
+                "tags:", "- sentence-transformers", "- mathematics", "- vietnamese", "- hard-negatives",
+                "- loss-based-early-stopping", "- e5", "base_model: {base_model}", "metrics:", "- mean_reciprocal_rank",
+                "- hit_rate", "- accuracy", "- ndcg", "- recall", "---", ""]
+
+
+def _overview(result: TrainResult, name: str, base_text: str) -> list[str]:
+    cfg = result.config
+    return [f"# {name}: E5 fine-tuned on this teacher's lessons (hard negatives, loss-based early stopping)", "",
+            "## Model overview", "",
+            (f"Fine-tuned from {base_text} for **exact chunk retrieval** in the vimath-tutor lessons "
+             f"(`{cfg['lessons']}`), with the recipe of `ThanhLe0125/ebd-math`:"),
+            ("- **Hard negatives**: each question's *related* chunk (a close topic that does not answer it) is the "
+             "negative of its triplet; the other questions' chunks in the batch are further negatives."),
+            f"- **Loss-based early stopping**: validation loss every epoch, patience {cfg['patience']}, the best epoch kept.",
+            "- Chunks are those the product indexes: the lessons chunked by `rag.chunking` with this model's tokenizer.", ""]
+
+
+def _training_results(result: TrainResult) -> list[str]:
+    cfg = result.config
+    if result.early_stopped:
+        stop = (f"✅ Triggered after epoch {result.stopped_at_epoch} (validation loss did not improve for "
+                f"{cfg['patience']} epochs)")
+    else:
+        stop = f"❌ Not triggered (ran {result.stopped_at_epoch} of {cfg['epochs']} epochs)"
+    resumed = f" (resumed from {result.resumed_from})" if result.resumed_from else ""
+    return ["## Performance summary", "", "### Training results", "",
+            (f"- **Best validation loss**: {_num(result.best_eval_loss)} (epoch {result.best_epoch}; "
+             f"base before training: {_num(result.base_eval_loss)})"),
+            f"- **Training epochs**: {result.stopped_at_epoch} of at most {cfg['epochs']}",
+            f"- **Early stopping**: {stop}",
+            f"- **Training time**: {_duration(result.train_time_s)} on {result.device}{resumed}", ""]
+
+
+def _test_performance(comparison: Comparison | None) -> list[str]:
+    if comparison is None:
+        return ["### Test performance", "", "Not evaluated in this run (`--no-eval`).", ""]
+    return ["### Test performance", "",
+            (f"Test split (`{comparison.dataset}`), {comparison.queries} questions, k = 10, dense retrieval through the "
+             "product's own path (`python -m rag.eval`: an index per embedder, `rag.retrieval.Searcher`)."), "",
+            *comparison_table(comparison), "",
+            f"Full reports (per question, failures): `{comparison.reports}/`.", ""]
+
+
+def _usage(out: str) -> list[str]:
+    return ["## Usage", "", "In this project, by path:", "", "```bash",
+            f"python -m ingest data/lessons --index vimath_index --embedder {out}",
+            'python -m rag search "đạo hàm của hàm hợp" --index vimath_index',
+            f"python -m rag.eval --embedder {out}", "```", "",
+            "With sentence-transformers (⚠️ the E5 prefixes are required, exactly once):", "", "```python",
+            "from sentence_transformers import SentenceTransformer", "",
+            f'model = SentenceTransformer("{out}")',
+            'q = model.encode_query(["Định nghĩa hàm số đồng biến là gì?"])   # adds "query: "',
+            'd = model.encode_document(["Hàm số đồng biến trên khoảng (a;b) ..."])  # adds "passage: "',
+            "print(model.similarity(q, d))", "```", ""]
+
+
+def _training_details(result: TrainResult, comparison: Comparison | None) -> list[str]:
+    cfg = result.config
+    return ["## Training details", "", "### Data", "",
+            f"Questions: `{cfg['data']}` (labels resolved to chunks by `rag.eval.dataset`).", "",
+            *_data_lines(result, comparison), "",
+            ("A question whose related label matches no chunk other than its correct ones gets, as its negative, "
+             "another chunk of the same lesson, drawn with the seed."), "",
+            "### Configuration", "", "```python",
+            f"base_model = {result.base_path!r}",
+            f"train_batch_size = {cfg['batch_size']}", f"learning_rate = {cfg['lr']}",
+            f"max_epochs = {cfg['epochs']}", f"early_stopping_patience = {cfg['patience']}",
+            f"warmup_ratio = {cfg['warmup_ratio']}", f"max_seq_length = {cfg['max_seq_length']}",
+            f"seed = {cfg['seed']}", 'loss_function = "MultipleNegativesRankingLoss"',
+            'evaluation_metric = "validation_loss"  # every epoch, on validation-split triplets',
+            'prompts = {"anchor": "query: ", "positive": "passage: ", "negative": "passage: "}',
+            'batch_sampler = "no_duplicates"', "```", "",
+            f"{result.steps_per_epoch} steps per epoch.", "",
+            "### Validation loss per epoch", "", *epochs_table(result), ""]
+
+
+def _architecture(result: TrainResult, base_text: str) -> list[str]:
+    return ["## Model architecture", "",
+            f"- **Base**: {base_text}", f"- **Max sequence length**: {result.config['max_seq_length']} tokens",
+            "- **Pooling**: mean, then L2 normalisation", "- **Similarity**: cosine",
+            "- **Training loss**: MultipleNegativesRankingLoss", "",
+            "## Limitations", "",
+            ("- Trained on a small labelled set for these lessons: it may overfit their wording; re-check with "
+             "`python -m rag.eval` after the lessons change."),
+            "- Vietnamese mathematics only; 256-token window; the E5 prefixes are required.", "",
+            "---", f"*Trained on {date.today():%B %d, %Y} with `python -m rag.finetune`; log: `training_log.json`.*", ""]
+
+
 def render_card(result: TrainResult, comparison: Comparison | None, name: str) -> str:
     """The model card, in the seed card's spirit."""
-    cfg = result.config
     base_model, base_text = base_description(result.base_path)
-    stop = (f"✅ Triggered after epoch {result.stopped_at_epoch} (validation loss did not improve for "
-            f"{cfg['patience']} epochs)" if result.early_stopped else
-            f"❌ Not triggered (ran {result.stopped_at_epoch} of {cfg['epochs']} epochs)")
-    front = ["---", "language:", "- vi", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
-             "tags:", "- sentence-transformers", "- mathematics", "- vietnamese", "- hard-negatives",
-             "- loss-based-early-stopping", "- e5", f"base_model: {base_model}", "metrics:",
-             "- mean_reciprocal_rank", "- hit_rate", "- accuracy", "- ndcg", "- recall", "---", ""]
-    lines = [*front, f"# {name}: E5 fine-tuned on this teacher's lessons (hard negatives, loss-based early stopping)", "",
-             "## Model overview", "",
-             f"Fine-tuned from {base_text} for **exact chunk retrieval** in the vimath-tutor lessons "
-             f"(`{cfg['lessons']}`), with the recipe of `ThanhLe0125/ebd-math`:",
-             "- **Hard negatives**: each question's *related* chunk (a close topic that does not answer it) is the "
-             "negative of its triplet; the other questions' chunks in the batch are further negatives.",
-             "- **Loss-based early stopping**: validation loss every epoch, patience "
-             f"{cfg['patience']}, the best epoch kept.",
-             "- Chunks are those the product indexes: the lessons chunked by `rag.chunking` with this model's tokenizer.",
-             "", "## Performance summary", "", "### Training results", "",
-             f"- **Best validation loss**: {_num(result.best_eval_loss)} (epoch {result.best_epoch})",
-             f"- **Training epochs**: {result.stopped_at_epoch} of at most {cfg['epochs']}",
-             f"- **Early stopping**: {stop}",
-             f"- **Training time**: {_duration(result.train_time_s)} on {result.device}"
-             + (f" (resumed from {result.resumed_from})" if result.resumed_from else ""), ""]
-    if comparison:
-        lines += ["### Test performance", "",
-                  f"Test split (`{comparison.dataset}`), {comparison.queries} questions, k = 10, dense retrieval through "
-                  "the product's own path (`python -m rag.eval`: an index per embedder, `rag.retrieval.Searcher`).", "",
-                  *comparison_table(comparison), "",
-                  f"Full reports (per question, failures): `{comparison.reports}/`.", ""]
-    else:
-        lines += ["### Test performance", "", "Not evaluated in this run (`--no-eval`).", ""]
-    lines += ["## Usage", "", "In this project, by path:", "", "```bash",
-              f"python -m ingest data/lessons --index vimath_index --embedder {result.out}",
-              "python -m rag search \"đạo hàm của hàm hợp\" --index vimath_index",
-              f"python -m rag.eval --embedder {result.out}", "```", "",
-              "With sentence-transformers (⚠️ the E5 prefixes are required, exactly once):", "", "```python",
-              "from sentence_transformers import SentenceTransformer", "",
-              f"model = SentenceTransformer(\"{result.out}\")",
-              "q = model.encode_query([\"Định nghĩa hàm số đồng biến là gì?\"])   # adds \"query: \"",
-              "d = model.encode_document([\"Hàm số đồng biến trên khoảng (a;b) ...\"])  # adds \"passage: \"",
-              "print(model.similarity(q, d))", "```", "",
-              "## Training details", "", "### Data", "",
-              f"Questions: `{cfg['data']}` (labels resolved to chunks by `rag.eval.dataset`).", "",
-              *_data_lines(result, comparison), "",
-              "A question whose related label matches no chunk other than its correct ones gets, as its negative, "
-              "another chunk of the same lesson, drawn with the seed.", "",
-              "### Configuration", "", "```python",
-              f"base_model = {result.base_path!r}",
-              f"train_batch_size = {cfg['batch_size']}", f"learning_rate = {cfg['lr']}",
-              f"max_epochs = {cfg['epochs']}", f"early_stopping_patience = {cfg['patience']}",
-              f"warmup_ratio = {cfg['warmup_ratio']}", f"max_seq_length = {cfg['max_seq_length']}",
-              f"seed = {cfg['seed']}", "loss_function = \"MultipleNegativesRankingLoss\"",
-              "evaluation_metric = \"validation_loss\"  # every epoch, on validation-split triplets",
-              "prompts = {\"anchor\": \"query: \", \"positive\": \"passage: \", \"negative\": \"passage: \"}",
-              "batch_sampler = \"no_duplicates\"", "```", "",
-              f"{result.steps_per_epoch} steps per epoch.", "",
-              "### Validation loss per epoch", "", *epochs_table(result), "",
-              "## Model architecture", "",
-              f"- **Base**: {base_text}", f"- **Max sequence length**: {cfg['max_seq_length']} tokens",
-              "- **Pooling**: mean, then L2 normalisation", "- **Similarity**: cosine",
-              "- **Training loss**: MultipleNegativesRankingLoss", "",
-              "## Limitations", "",
-              "- Trained on a small labelled set for these lessons: it may overfit their wording; re-check with "
-              "`python -m rag.eval` after the lessons change.",
-              "- Vietnamese mathematics only; 256-token window; the E5 prefixes are required.", "",
-              "---", f"*Trained on {date.today():%B %d, %Y} with `python -m rag.finetune`; log: `training_log.json`.*", ""]
-    return "\n".join(lines)
+    front = [line.format(base_model=base_model) for line in FRONT_MATTER]
+    return "\n".join([*front, *_overview(result, name, base_text), *_training_results(result),
+                      *_test_performance(comparison), *_usage(result.out), *_training_details(result, comparison),
+                      *_architecture(result, base_text)])
 
 
 def write_card(result: TrainResult, comparison: Comparison | None, out: Path) -> Path:

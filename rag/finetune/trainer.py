@@ -8,9 +8,10 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rag.embeddings import BUNDLED, MAX_TOKENS, PREFIXES
 
@@ -23,6 +24,7 @@ BASE_DIR = Path("models/_base/multilingual-e5-small")
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "training_log.json"
 CONFIG_FILE = "finetune_config.json"  # in OUT/checkpoints: what a resumed run must match
+BASE_EVAL_FILE = "base_eval.json"  # in OUT/checkpoints: the base's validation loss, measured once
 # The trainer prepends these to each column once; the texts themselves carry no prefix (see triplets._triplet).
 COLUMN_PROMPTS = {"anchor": PREFIXES["query"], "positive": PREFIXES["passage"], "negative": PREFIXES["passage"]}
 # Saved with the model so `encode_query`/`encode_document` users get the prefixes; no default, so nothing adds one twice.
@@ -81,6 +83,7 @@ class TrainResult:
     early_stopped: bool
     stopped_at_epoch: int
     train_time_s: float
+    base_eval_loss: float | None = None  # the base model's validation loss before any step: what training must beat
     resumed_from: str | None = None  # the checkpoint the last session started from
     session_wall_s: float = 0.0  # the last session, data preparation and saving included
     threads: int | None = None
@@ -92,7 +95,7 @@ class TrainResult:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> "TrainResult":
+    def from_json(cls, raw: dict[str, Any]) -> TrainResult:
         return cls(**{**raw, "epochs": [EpochRecord(**e) for e in raw["epochs"]]})
 
 
@@ -172,12 +175,12 @@ def _epoch_clock() -> Any:
             self.started: float | None = None
             self.offset = 0.0
 
-        def on_epoch_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_epoch_begin(self, args, state, control, **kwargs):
             if self.started is None:  # the state is restored from a checkpoint by now
                 self.started = time.perf_counter()
                 self.offset = max((e["elapsed_s"] for e in state.log_history if "elapsed_s" in e), default=0.0)
 
-        def on_evaluate(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_evaluate(self, args, state, control, **kwargs):
             elapsed = self.offset + time.perf_counter() - (self.started or time.perf_counter())
             state.log_history.append({"epoch": round(state.epoch or 0), "step": state.global_step, "elapsed_s": elapsed})
 
@@ -209,7 +212,10 @@ def best_of(records: Sequence[EpochRecord]) -> EpochRecord | None:
 def training_args(config: FinetuneConfig, output_dir: Path) -> Any:
     """The card's recipe as SentenceTransformerTrainingArguments."""
     import torch
-    from sentence_transformers.sentence_transformer.training_args import BatchSamplers, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import (
+        BatchSamplers,
+        SentenceTransformerTrainingArguments,
+    )
 
     return SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
@@ -257,7 +263,13 @@ def save_model(model: Any, out: Path) -> None:
 def build_data(config: FinetuneConfig, base: str) -> tuple[TripletSet, TripletSet]:
     """Train and validation triplet sets, chunking the lessons with the base model's own tokenizer."""
     from rag.embeddings import E5Embeddings, SentenceTransformerBackend
-    from rag.finetune.triplets import TRAIN, VALIDATION, build_triplets, lesson_chunks, load_split
+    from rag.finetune.triplets import (
+        TRAIN,
+        VALIDATION,
+        build_triplets,
+        lesson_chunks,
+        load_split,
+    )
 
     embeddings = E5Embeddings(SentenceTransformerBackend(base, local_files_only=Path(base).exists()))
     chunks = lesson_chunks(config.lessons, embeddings)
@@ -275,8 +287,12 @@ def train(config: FinetuneConfig, *, data: tuple[TripletSet, TripletSet] | None 
 
     `data` (train, validation) replaces the triplets built from `config.data` and `config.lessons`.
     """
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import (
+        MultipleNegativesRankingLoss,
+    )
+    from sentence_transformers.sentence_transformer.trainer import (
+        SentenceTransformerTrainer,
+    )
     from transformers import EarlyStoppingCallback
 
     from rag.finetune.triplets import as_dataset
@@ -299,6 +315,7 @@ def train(config: FinetuneConfig, *, data: tuple[TripletSet, TripletSet] | None 
         loss=MultipleNegativesRankingLoss(model),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience), _epoch_clock(), *callbacks],
     )
+    base_loss = base_validation_loss(trainer, folder, fresh=resume is None)
     print(f"Training {base} → {config.out}: {len(train_set.triplets)} train / {len(val_set.triplets)} validation "
           f"triplets, {threads} torch threads" + (f", resuming from {resume.name}" if resume else ""), flush=True)
     try:
@@ -313,7 +330,7 @@ def train(config: FinetuneConfig, *, data: tuple[TripletSet, TripletSet] | None 
         config=config.recipe(), base_path=base, out=str(config.out),
         data={"train": train_set.summary(), "validation": val_set.summary()},
         steps_per_epoch=-(-len(train_set.triplets) // config.batch_size), epochs=records,
-        best_epoch=best.epoch if best else None, best_eval_loss=best.eval_loss if best else None,
+        best_epoch=best.epoch if best else None, best_eval_loss=best.eval_loss if best else None, base_eval_loss=base_loss,
         early_stopped=stopped_early(trainer, config.patience) and last < config.epochs, stopped_at_epoch=last,
         train_time_s=records[-1].elapsed_s if records else 0.0,
         resumed_from=resume.name if resume else None, session_wall_s=time.perf_counter() - started, threads=threads,
@@ -325,6 +342,16 @@ def train(config: FinetuneConfig, *, data: tuple[TripletSet, TripletSet] | None 
     if not config.keep_checkpoints:
         shutil.rmtree(folder, ignore_errors=True)  # the run is complete: nothing left to resume
     return result
+
+
+def base_validation_loss(trainer: Any, folder: Path, fresh: bool) -> float | None:
+    """The untrained model's validation loss: measured on a fresh start (train() then starts a new state), else read back."""
+    path = folder / BASE_EVAL_FILE
+    if fresh:
+        loss = float(trainer.evaluate()["eval_loss"])
+        path.write_text(json.dumps({"eval_loss": loss}) + "\n", encoding="utf-8")
+        return loss
+    return float(json.loads(path.read_text(encoding="utf-8"))["eval_loss"]) if path.is_file() else None
 
 
 def describe_device(device: Any, threads: int) -> str:

@@ -2,16 +2,28 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 from ingest.job import chunk_id, chunk_metadata, discover, prepare_file
 from rag.chunking import ChunkerConfig
 from rag.embeddings import E5Embeddings, strip_prefix
-from rag.eval.dataset import ChunkView, EvalSet, Question, ResolvedQuestion, Triplet, load_questions, resolve
+from rag.eval.dataset import (
+    ChunkView,
+    EvalSet,
+    Question,
+    ResolvedQuestion,
+    Triplet,
+    load_questions,
+    resolve,
+)
 from rag.lexical import StoredChunk
 from rag.loaders import LoadError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 # Only these splits may ever feed training or model selection; the test split is for the final table alone.
@@ -108,7 +120,7 @@ def build_triplets(split: str, questions: Sequence[Question], chunks: Sequence[C
                       [q.question.id for q in eval_set.unscorable])
 
 
-def as_dataset(triplets: Sequence[Triplet]) -> "datasets.Dataset":  # noqa: F821
+def as_dataset(triplets: Sequence[Triplet]) -> Dataset:
     """Columns anchor/positive/negative, in the order MultipleNegativesRankingLoss expects."""
     from datasets import Dataset
 
