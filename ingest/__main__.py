@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {outcome.status}: {outcome.source}: {outcome.error}", file=sys.stderr)
     print(f"Index: {describe_location(settings)}, {index.count()} chunks, embedder {embeddings.identity.describe()}.")
     print(report.summary())
+    if report.rebuild_pending:
+        print("Rebuild not made live: some files failed, so the previous index is still the one in use. Fix or "
+              "remove those files and run the same command again.", file=sys.stderr)
     counts = report.counts()
     if counts["failed"]:
         return EXIT_NOTHING if counts["failed"] == len(files) else EXIT_PARTIAL

@@ -48,6 +48,7 @@ class IngestReport:
     outcomes: list[Outcome] = field(default_factory=list)
     embedded: int = 0
     elapsed_s: float = 0.0
+    rebuild_pending: bool = False  # a rebuild that was not made live because files failed
 
     def counts(self) -> Counter[str]:
         return Counter(o.status for o in self.outcomes)
@@ -169,7 +170,9 @@ class IngestJob:
             for source in sorted(set(states) - seen):
                 self.index.delete_ids(self.index.ids_of(source))
                 report.outcomes.append(Outcome(source, "removed"))
-        self.index.commit()
+        if not report.counts()["failed"]:
+            self.index.commit()  # a rebuild replaces the live index only when every file made it
+        report.rebuild_pending = self.index.staging
         report.elapsed_s = time.perf_counter() - started
         return report
 

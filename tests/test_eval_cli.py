@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from rag.settings import Settings
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rag.eval.__main__ import main
@@ -86,7 +88,8 @@ def test_single_configuration(workdir: Path, first_run: tuple[int, Any, str]) ->
     code, result, err = first_run
     assert code == 0
     check(result)
-    assert result["method"] == "dense" and "multilingual-e5-small" in result["embedder"]
+    assert result["method"] == Settings.model_fields["retrieval_method"].default
+    assert "multilingual-e5-small" in result["embedder"]
     assert result["Hit@5"] >= 0.75  # the three answerable questions are easy
     assert "Unmatched label: t-xs related" in err
     assert any((workdir / ".vimath_eval").iterdir())

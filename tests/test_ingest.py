@@ -284,8 +284,6 @@ def test_other_embedder_is_refused_and_rebuild_switches_safely(bundled_copy: Set
     assert f"--embedder {tiny_st_model.resolve()}" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="IngestJob.run commits a rebuild even when files failed in it: the old index "
-                   "is replaced by an incomplete one (ingest/job.py)")
 def test_rebuild_with_a_failing_file_keeps_the_old_index(bundled_copy: Settings, lessons_copy: Path,
                                                          tiny_st_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = states_of(bundled_copy)
