@@ -256,11 +256,23 @@ def test_cli_trains_evaluates_on_test_and_writes_the_card(workspace: Path, tmp_p
                      "Validation loss per epoch", "Early stopping", "Training time", f"| train | {questions['train']} |"):
         assert expected in card
     log = TrainResult.from_json(json.loads((out / "training_log.json").read_text(encoding="utf-8")))
-    assert log.test is not None and log.test["queries"] == questions["test"]
-    assert set(log.test["base"]) >= {"MRR@10", "Hit@1", "Recall@5"}
+    assert log.test is not None and log.test["dense"]["queries"] == questions["test"]
+    assert set(log.test["dense"]["base"]) >= {"MRR@10", "Hit@1", "Recall@5"}
+    assert "#### Dense retrieval (the embedder alone)" in card
     assert list((out / "eval").glob("*.md"))
     capsys.readouterr()
     assert main(argv + ["--no-eval"]) == 0  # finished: no retraining, the card keeps the stored table
     assert "already trained" in capsys.readouterr().err
     assert "| **MRR@10** |" in (out / "README.md").read_text(encoding="utf-8")
 
+
+
+def test_the_card_says_whether_fine_tuning_paid_off() -> None:
+    from rag.finetune.card import Comparison, verdict
+
+    def comparison(mrr: float, hit1: float) -> Comparison:
+        return Comparison("dense", {"MRR@10": 0.5, "Hit@1": 0.4}, {"MRR@10": 0.5 + mrr, "Hit@1": 0.4 + hit1}, 10, "t", "r")
+
+    assert verdict(comparison(0.05, 0.1)).startswith("✅")
+    assert "keep the base" in verdict(comparison(-0.03, -0.01))
+    assert verdict(comparison(0.02, -0.1)).startswith("➖")

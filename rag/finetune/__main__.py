@@ -80,20 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         Comparison,
         EvaluationFailed,
         compare_on_test,
+        methods_to_compare,
         write_card,
     )
 
-    comparison = Comparison.from_log(result.test, config.out / "eval") if result.test else None
+    comparisons = Comparison.all_from_log(result.test, config.out / "eval") if result.test else []
     if not args.no_eval:
         try:
-            comparison = compare_on_test(result.base_path, config.out, config.data, config.lessons, config.out / "eval")
+            reports = config.out / "eval"
+            comparisons = [compare_on_test(result.base_path, config.out, config.data, config.lessons, reports, method)
+                           for method in methods_to_compare()]
         except EvaluationFailed as exc:
             print(f"Error: {exc}; the model is saved, rerun the same command to retry the evaluation.", file=sys.stderr)
             return EXIT_ERROR
-        result.test = {"base": comparison.base, "fine_tuned": comparison.tuned, "queries": comparison.queries,
-                       "dataset": comparison.dataset, "method": "dense"}
+        result.test = {c.method: c.to_json() for c in comparisons}
         write_log(result, config.out)
-    card = write_card(result, comparison, config.out)
+    card = write_card(result, comparisons, config.out)
     print(f"Model card: {card}")
     return EXIT_OK
 

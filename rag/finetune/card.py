@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+from collections.abc import Sequence
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from datetime import date
@@ -17,7 +18,7 @@ from rag.finetune.triplets import TEST, load_split, split_file
 
 CARD_METRICS = ("MRR@10", "Accuracy@1", "Hit@1", "Hit@3", "Hit@5", "nDCG@10", "Recall@5")
 EXTRA_METRICS = ("HardNegativeAbove@10",)  # lower is better: a related chunk ranked above every correct one
-METHOD = "dense"  # the embedder alone decides the ranking; BM25/hybrid would blur the comparison
+DENSE = "dense"  # the embedder alone decides the ranking: the comparison the recipe's card makes
 
 
 class EvaluationFailed(RuntimeError):
@@ -28,6 +29,7 @@ class EvaluationFailed(RuntimeError):
 class Comparison:
     """Test-split metrics of the base and the fine-tuned embedder, from the project's evaluation."""
 
+    method: str  # rag.eval's retrieval method
     base: dict[str, float]
     tuned: dict[str, float]
     queries: int
@@ -37,10 +39,24 @@ class Comparison:
     def delta(self, metric: str) -> float:
         return self.tuned[metric] - self.base[metric]
 
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base, "fine_tuned": self.tuned, "queries": self.queries, "dataset": self.dataset}
+
     @classmethod
-    def from_log(cls, test: dict[str, Any], reports: Path) -> Comparison:
-        """The comparison a previous run stored in training_log.json."""
-        return cls(test["base"], test["fine_tuned"], int(test["queries"]), str(test["dataset"]), str(reports))
+    def all_from_log(cls, test: dict[str, Any], reports: Path) -> list[Comparison]:
+        """The comparisons a previous run stored in training_log.json, by method."""
+        if "base" in test:  # the first logs held one comparison, dense
+            test = {str(test.get("method", DENSE)): test}
+        return [cls(method, t["base"], t["fine_tuned"], int(t["queries"]), str(t["dataset"]), str(reports))
+                for method, t in test.items()]
+
+
+def methods_to_compare() -> list[str]:
+    """Dense (the embedder alone), then the product's configured retrieval method when it is another."""
+    from rag.settings import load_settings
+
+    product = load_settings().retrieval_method
+    return [DENSE] if product == DENSE else [DENSE, product]
 
 
 def _question_json(q: Question) -> dict[str, Any]:
@@ -59,21 +75,21 @@ def test_file(data: Path, scratch: Path) -> Path:
     return path
 
 
-def compare_on_test(base: str, tuned: Path, data: Path, lessons: Path, reports: Path) -> Comparison:
+def compare_on_test(base: str, tuned: Path, data: Path, lessons: Path, reports: Path, method: str = DENSE) -> Comparison:
     """Both embedders on the test split with `python -m rag.eval` (an index per embedder, the chat's Searcher)."""
     from rag.eval.__main__ import main as eval_main
 
     with tempfile.TemporaryDirectory(prefix="vimath-finetune-") as scratch:
         dataset = test_file(data, Path(scratch))
         argv = ["--embedder", base, "--compare", str(tuned), "--dataset", str(dataset), "--split", TEST,
-                "--method", METHOD, "--lessons", str(lessons), "--out", str(reports), "--json"]
+                "--method", method, "--lessons", str(lessons), "--out", str(reports), "--json"]
         printed = io.StringIO()
         with redirect_stdout(printed):
             code = eval_main(argv)
     if code != 0:
         raise EvaluationFailed(f"python -m rag.eval {' '.join(argv)} exited with {code}")
     payload = json.loads(printed.getvalue())
-    return Comparison(base=_metrics(payload["a"]), tuned=_metrics(payload["b"]), queries=int(payload["b"]["queries"]),
+    return Comparison(method=method, base=_metrics(payload["a"]), tuned=_metrics(payload["b"]), queries=int(payload["b"]["queries"]),
                       dataset=str(data / f"{TEST}.jsonl"), reports=str(reports))
 
 
@@ -119,14 +135,14 @@ def epochs_table(result: TrainResult) -> list[str]:
     return lines
 
 
-def _data_lines(result: TrainResult, comparison: Comparison | None) -> list[str]:
+def _data_lines(result: TrainResult, comparisons: Sequence[Comparison]) -> list[str]:
     lines = ["| Split | Questions | Used | Triplets | Negative from `related` | Negative from the same lesson |",
              "|---|---:|---:|---:|---:|---:|"]
     for name in ("train", "validation"):
         d = result.data[name]
         lines.append(f"| {name} | {d['questions']} | {d['scorable']} | {d['triplets']} | "
                      f"{d['negatives_from_related']} | {d['negatives_from_same_lesson']} |")
-    test = f"{comparison.queries} scored" if comparison else "not evaluated"
+    test = f"{comparisons[0].queries} scored" if comparisons else "not evaluated"
     lines.append(f"| test | {test} | — (never used for training or model selection) | — | — | — |")
     return lines
 
@@ -165,14 +181,34 @@ def _training_results(result: TrainResult) -> list[str]:
             f"- **Training time**: {_duration(result.train_time_s)} on {result.device}{resumed}", ""]
 
 
-def _test_performance(comparison: Comparison | None) -> list[str]:
-    if comparison is None:
+def _method_heading(method: str) -> str:
+    if method == DENSE:
+        return "#### Dense retrieval (the embedder alone)"
+    return f"#### {method.capitalize()} retrieval (the product's `retrieval_method` setting)"
+
+
+def _test_performance(comparisons: Sequence[Comparison]) -> list[str]:
+    if not comparisons:
         return ["### Test performance", "", "Not evaluated in this run (`--no-eval`).", ""]
-    return ["### Test performance", "",
-            (f"Test split (`{comparison.dataset}`), {comparison.queries} questions, k = 10, dense retrieval through the "
-             "product's own path (`python -m rag.eval`: an index per embedder, `rag.retrieval.Searcher`)."), "",
-            *comparison_table(comparison), "",
-            f"Full reports (per question, failures): `{comparison.reports}/`.", ""]
+    first = comparisons[0]
+    lines = ["### Test performance", "",
+             (f"Test split (`{first.dataset}`), {first.queries} questions, k = 10, through the product's own path "
+              "(`python -m rag.eval`: an index per embedder, `rag.retrieval.Searcher`)."), ""]
+    for c in comparisons:
+        lines += [_method_heading(c.method), "", *comparison_table(c), ""]
+    return [*lines, verdict(first), "", f"Full reports (per question, failures): `{first.reports}/`.", ""]
+
+
+def verdict(c: Comparison) -> str:
+    """One line on whether fine-tuning paid off, judged by MRR@10 and Hit@1 on the test split."""
+    mrr, hit1 = c.delta("MRR@10"), c.delta("Hit@1")
+    measured = f"({c.method}: MRR@10 {mrr:+.4f}, Hit@1 {hit1:+.4f})"
+    if mrr > 0 and hit1 >= 0:
+        return f"✅ **Verdict**: the fine-tuned model retrieves better than its base on the test split {measured}."
+    if mrr <= 0 and hit1 <= 0:
+        return (f"⚠️ **Verdict**: the fine-tuned model does not retrieve better than its base on the test split "
+                f"{measured}; keep the base for this material.")
+    return f"➖ **Verdict**: mixed result on the test split {measured}."
 
 
 def _usage(out: str) -> list[str]:
@@ -188,11 +224,11 @@ def _usage(out: str) -> list[str]:
             "print(model.similarity(q, d))", "```", ""]
 
 
-def _training_details(result: TrainResult, comparison: Comparison | None) -> list[str]:
+def _training_details(result: TrainResult, comparisons: Sequence[Comparison]) -> list[str]:
     cfg = result.config
     return ["## Training details", "", "### Data", "",
             f"Questions: `{cfg['data']}` (labels resolved to chunks by `rag.eval.dataset`).", "",
-            *_data_lines(result, comparison), "",
+            *_data_lines(result, comparisons), "",
             ("A question whose related label matches no chunk other than its correct ones gets, as its negative, "
              "another chunk of the same lesson, drawn with the seed."), "",
             "### Configuration", "", "```python",
@@ -216,22 +252,24 @@ def _architecture(result: TrainResult, base_text: str) -> list[str]:
             "## Limitations", "",
             ("- Trained on a small labelled set for these lessons: it may overfit their wording; re-check with "
              "`python -m rag.eval` after the lessons change."),
+            ("- Model selection uses the validation loss (in-batch MultipleNegativesRankingLoss), a proxy: it can fall "
+             "while ranking among all chunks gets no better, so trust the test table above, not the loss."),
             "- Vietnamese mathematics only; 256-token window; the E5 prefixes are required.", "",
             "---", f"*Trained on {date.today():%B %d, %Y} with `python -m rag.finetune`; log: `training_log.json`.*", ""]
 
 
-def render_card(result: TrainResult, comparison: Comparison | None, name: str) -> str:
+def render_card(result: TrainResult, comparisons: Sequence[Comparison], name: str) -> str:
     """The model card, in the seed card's spirit."""
     base_model, base_text = base_description(result.base_path)
     front = [line.format(base_model=base_model) for line in FRONT_MATTER]
     return "\n".join([*front, *_overview(result, name, base_text), *_training_results(result),
-                      *_test_performance(comparison), *_usage(result.out), *_training_details(result, comparison),
+                      *_test_performance(comparisons), *_usage(result.out), *_training_details(result, comparisons),
                       *_architecture(result, base_text)])
 
 
-def write_card(result: TrainResult, comparison: Comparison | None, out: Path) -> Path:
+def write_card(result: TrainResult, comparisons: Sequence[Comparison], out: Path) -> Path:
     """OUT/README.md."""
     path = out / "README.md"
-    path.write_text(render_card(result, comparison, out.name), encoding="utf-8")
+    path.write_text(render_card(result, comparisons, out.name), encoding="utf-8")
     return path
 
