@@ -1,7 +1,7 @@
 """Query-path benchmark without the LLM: embed the question, search, build the prompt.
 
 p50/p95 of the whole path and of embedding the question alone (the floor), on the sample index and on a
-synthetic index of 10,000 chunks, in one run. Target: the time beyond the embedding ≤ 20 ms at p50.
+synthetic index of 10,000 chunks, for dense and hybrid retrieval, in one run. Target: the time beyond the embedding ≤ 20 ms at p50.
 
     python bench/query_bench.py [--index DIR] [--synthetic 10000] [--out bench/results/query.json]
 """
@@ -19,9 +19,9 @@ import numpy as np
 from rag.answering import fit_budget
 from rag.index import LessonIndex
 from rag.prompts import format_chunk, tutor_template
-from rag.retrieval import DenseRanker, Searcher
+from rag.retrieval import Searcher
 from rag.settings import Settings
-from rag.workspace import open_index
+from rag.workspace import make_ranker, open_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def measure(index: LessonIndex, embeddings, settings: Settings, qs: list[str], rounds: int) -> dict:
-    searcher = Searcher(DenseRanker(index, embeddings))
+    searcher = Searcher(make_ranker(settings, index, embeddings))
     embed_only, full = [], []
     for _ in range(rounds):
         for q in qs:
@@ -54,7 +54,8 @@ def measure(index: LessonIndex, embeddings, settings: Settings, qs: list[str], r
             hits = searcher.search(q, settings.top_k)
             build_prompt(q, hits, settings)
             full.append(time.perf_counter() - started)
-    result = {"chunks": index.count(), "queries": len(full), "embed": percentiles(embed_only), "full": percentiles(full)}
+    result = {"method": settings.retrieval_method, "chunks": index.count(), "queries": len(full),
+              "embed": percentiles(embed_only), "full": percentiles(full)}
     result["beyond_embedding_p50_ms"] = result["full"]["p50_ms"] - result["embed"]["p50_ms"]
     result["beyond_embedding_p95_ms"] = result["full"]["p95_ms"] - result["embed"]["p95_ms"]
     return result
@@ -86,10 +87,13 @@ def main() -> None:
     index, embeddings = open_index(settings, create=False, announce=False)
     qs = questions()
     texts = index.collection.get(limit=500, include=["documents"])["documents"]
-    results = {"sample": measure(index, embeddings, settings, qs, args.rounds)}
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         syn_settings = Settings(index_dir=Path(tmp), collection="synthetic_bench")
-        results["synthetic"] = measure(synthetic_index(syn_settings, embeddings, args.synthetic, texts), embeddings, syn_settings, qs, args.rounds)
+        synthetic = synthetic_index(syn_settings, embeddings, args.synthetic, texts)
+        for method in ("dense", "hybrid"):
+            results[f"sample_{method}"] = measure(index, embeddings, settings.model_copy(update={"retrieval_method": method}), qs, args.rounds)
+            results[f"synthetic_{method}"] = measure(synthetic, embeddings, syn_settings.model_copy(update={"retrieval_method": method}), qs, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
