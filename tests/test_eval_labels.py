@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import unicodedata
-import zlib
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ingest.job import IngestJob, discover
 from rag.chunking import ChunkerConfig
-from rag.embeddings import E5Embeddings, EmbedderIdentity, Role
+from word_backend import WordBackend
+from rag.embeddings import E5Embeddings
 from rag.eval.dataset import (
     DatasetError,
     EvalSet,
@@ -59,23 +56,6 @@ Bài này ôn lại hàm số bậc hai và đồ thị của nó.
 }
 BIG = ChunkerConfig(max_tokens=256, target_tokens=200)
 SMALL = ChunkerConfig(max_tokens=60, target_tokens=10)
-
-
-class WordBackend:
-    """Deterministic bag-of-words vectors and whitespace token counts: fast, and enough for chunking and labels."""
-
-    identity = EmbedderIdentity(spec="test-words", name="test words", revision="1", dimension=64)
-
-    def encode(self, texts: Sequence[str], role: Role) -> np.ndarray:
-        vectors = np.zeros((len(texts), 64), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"\w+", text.lower()):
-                vectors[row, zlib.crc32(word.encode()) % 64] += 1.0
-        vectors[:, 0] += 1e-3  # never a zero vector
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-    def count_tokens(self, text: str, role: Role) -> int:
-        return len(text.split()) + 3
 
 
 def build_index(root: Path, lessons: Path, config: ChunkerConfig, name: str) -> LessonIndex:

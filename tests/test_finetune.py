@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SMALL_LESSONS, copy_lessons
+from conftest import REPO, SMALL_LESSONS, build_tiny_st_model, copy_lessons
 
 from rag.eval.dataset import Triplet
 from rag.finetune.trainer import FinetuneConfig, Interrupted, TrainResult, train
@@ -19,41 +18,9 @@ TINY_LR = 1e-3  # a random 32-d model needs far more than the recipe's 2e-5 to m
 
 
 def build_lesson_st_model(folder: Path, lessons: Path) -> Path:
-    """A random 2-layer, 32-d BERT whose WordPiece vocabulary is trained on the lessons' text."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import (
-        Normalize,
-        Pooling,
-        Transformer,
-    )
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors, trainers
-    from tokenizers import models as tokenizer_models
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(tokenizer_models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    """The suite's tiny random BERT, with its WordPiece vocabulary trained on the lessons' text."""
     text = [line for path in sorted(lessons.rglob("*.md")) for line in path.read_text(encoding="utf-8").splitlines()]
-    tokenizer.train_from_iterator(text + ["query: passage:"], trainers.WordPieceTrainer(vocab_size=1500, special_tokens=specials))
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
-    raw = folder.parent / f"{folder.name}-raw"
-    fast.save_pretrained(str(raw))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
-    BertModel(config).save_pretrained(str(raw))
-    transformer = Transformer(str(raw), max_seq_length=256)
-    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"), Normalize()],
-                                device="cpu")
-    model.save(str(folder))
-    shutil.rmtree(raw)
-    return folder
+    return build_tiny_st_model(folder, sentences=text + ["query: passage:"], vocab_size=1500)
 
 
 @pytest.fixture(autouse=True)

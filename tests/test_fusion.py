@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rag.embeddings import E5Embeddings, EmbedderIdentity, Role
+from word_backend import WordBackend
+from rag.embeddings import E5Embeddings, Role
 from rag.fusion import HybridRanker, QueryVectorCache, reciprocal_rank_fusion
 from rag.index import Hit, LessonIndex
 from rag.lexical import BM25Ranker, LexicalIndex, StoredChunk, analyze, strip_diacritics
@@ -79,23 +78,6 @@ def test_bm25_returns_nothing_without_shared_words() -> None:
 def test_bm25_over_no_terms_at_all() -> None:
     assert LexicalIndex.build([], "empty").top("hàm số", 3) == []
     assert LexicalIndex.build([StoredChunk("p", "$$ $$", {})], "punct").top("hàm số", 3) == []
-
-
-class WordBackend:
-    """Deterministic bag-of-words vectors: cosine is meaningful and cheap."""
-
-    identity = EmbedderIdentity(spec="test-words", name="test words", revision="1", dimension=64)
-
-    def encode(self, texts: Sequence[str], role: Role) -> np.ndarray:
-        vectors = np.zeros((len(texts), 64), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"\w+", text.lower()):
-                vectors[row, zlib.crc32(word.encode()) % 64] += 1.0
-        vectors[:, 0] += 1e-3
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-    def count_tokens(self, text: str, role: Role) -> int:
-        return len(text.split())
 
 
 @pytest.fixture
