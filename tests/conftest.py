@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -83,6 +84,16 @@ def build_tiny_st_model(folder: Path, seed: int = 0, sentences: list[str] | None
     model.save(str(folder))
     shutil.rmtree(raw)
     return folder
+
+
+def stop_process(proc: "subprocess.Popen[bytes]", timeout_s: float = 10.0) -> None:
+    """Stop a server the test started: politely, then by force."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from chromadb.api.shared_system_client import SharedSystemClient
 from chromadb.config import Settings as ChromaSettings
+from conftest import stop_process
 
 from ingest.__main__ import main as ingest_main
 from ingest.job import IngestJob, chunk_id, discover, fingerprint, prepare_file
@@ -433,12 +434,7 @@ def chroma_server(tmp_path: Path) -> Iterator[int]:
                 time.sleep(0.3)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
         log.close()
 
 

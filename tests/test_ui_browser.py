@@ -13,6 +13,7 @@ from typing import Iterator
 import pytest
 
 from fake_ollama import FakeOllama, free_port
+from conftest import stop_process
 from ui_testing import ROOT, build_test_index, ui_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -76,12 +77,7 @@ def server(lesson_index: Path, fake: FakeOllama, tmp_path_factory: pytest.TempPa
         wait_healthy(url, process, output)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 10)
 
 
 def test_chat_in_chromium_renders_the_answer_formulas_and_sources(server: str) -> None:

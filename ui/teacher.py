@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 # Run on its own (or by AppTest) the page needs the project root on sys.path, as ui/app.py does.
-_ROOT = str(Path(__file__).resolve().parents[2])
+_ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
