@@ -24,9 +24,9 @@ PHASES = ("raw", "ingest", "reingest", "naive1", "naive2")
 
 
 def _chunks(lessons: Path):
-    from ingest.job import discover, prepare_file
     from rag.chunking import ChunkerConfig
     from rag.embedder_loading import load_embeddings
+    from rag.ingestion import discover, prepare_file
 
     embeddings = load_embeddings("bundled", announce=False)
     files, _ = discover([lessons])
@@ -45,7 +45,7 @@ def phase(name: str, lessons: Path, work: Path) -> dict:
         embeddings.encode([c.text for _, c in chunks], "passage")
         return {"seconds": time.perf_counter() - started, "chunks": len(chunks)}
     if name in {"ingest", "reingest"}:
-        from ingest.job import IngestJob, discover
+        from rag.ingestion import IngestJob, discover
         from rag.workspace import open_index
 
         started = time.perf_counter()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ingest.job import IngestJob, discover
 from rag.cli_args import add_settings_args, settings_from_args
-from rag.embedder_loading import EmbedderUnavailable
-from rag.index import IndexMismatch, describe_location
+from rag.errors import VimathError
+from rag.index import describe_location
+from rag.ingestion import IngestJob, discover
 from rag.workspace import open_index
 
 EXIT_OK, EXIT_NOTHING, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOTHING
     try:
         index, embeddings = open_index(settings, rebuild=args.rebuild)
-    except (IndexMismatch, EmbedderUnavailable) as exc:
+    except VimathError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_NOTHING
     bar = tqdm(total=0, unit="chunk", desc="Embedding", disable=args.quiet, file=sys.stderr)

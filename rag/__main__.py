@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.cli_args import add_settings_args, cli_values, settings_from_args
-from rag.embedder_loading import EmbedderUnavailable
-from rag.index import Hit, IndexMismatch, IndexMissing
+from rag.errors import VimathError
+from rag.index import Hit
 from rag.normalize import nfc
 from rag.retrieval import Filters
 from rag.settings import Settings, provenance
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (IndexMissing, IndexMismatch, EmbedderUnavailable, FileNotFoundError) as exc:
+    except (VimathError, FileNotFoundError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -5,6 +5,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any, Callable, Iterator, Sequence
 
 from langchain_core.language_models import BaseChatModel
@@ -13,7 +14,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from rag.index import Hit
 from rag.llm import Failure, chat_model, classify, failure_message
 from rag.normalize import nfc
-from rag.prompts import condense_template, format_chunk, load_prompt, TUTOR_SYSTEM, TUTOR_USER, tutor_template, tutor_version
+from rag.prompts import TUTOR_SYSTEM, TUTOR_USER, condense_template, format_chunk, load_prompt, tutor_template, tutor_version
 from rag.retrieval import Filters, Searcher
 from rag.settings import Settings
 
@@ -27,6 +28,52 @@ CONTEXT_TOO_SMALL = ("Ngữ cảnh của mô hình quá nhỏ cho dù chỉ mộ
                      "(hiện là {num_ctx}).")
 
 ChatFactory = Callable[[Settings, int, int | None], BaseChatModel]
+
+
+class AnswerStatus(str, Enum):
+    """How an answer ended. A str, so records, logs and JSON keep the plain value ("ok")."""
+
+    OK = "ok"
+    NOT_COVERED = "not_covered"  # the grounding guard: the material does not cover the question
+    LLM_UNREACHABLE = Failure.UNREACHABLE.value
+    MODEL_MISSING = Failure.MODEL_MISSING.value
+    TIMEOUT = Failure.TIMEOUT.value
+    INTERRUPTED = Failure.INTERRUPTED.value
+    LLM_ERROR = Failure.ERROR.value
+
+    @classmethod
+    def of(cls, failure: Failure) -> AnswerStatus:
+        return cls(failure.value)
+
+    @property
+    def label(self) -> str:
+        """The status in Vietnamese, as the teacher page shows it."""
+        return _STATUS_LABELS[self]
+
+    @property
+    def llm_ok(self) -> bool:
+        """The LLM did what was asked (answered, or was rightly not asked)."""
+        return self in {AnswerStatus.OK, AnswerStatus.NOT_COVERED}
+
+    @property
+    def blocking(self) -> bool:
+        """No answer can come until someone fixes the LLM server (not a passing failure)."""
+        return self in {AnswerStatus.LLM_UNREACHABLE, AnswerStatus.MODEL_MISSING}
+
+
+_STATUS_LABELS = {
+    AnswerStatus.OK: "đã trả lời", AnswerStatus.NOT_COVERED: "tài liệu chưa đề cập",
+    AnswerStatus.LLM_UNREACHABLE: "Ollama không chạy", AnswerStatus.MODEL_MISSING: "thiếu mô hình",
+    AnswerStatus.TIMEOUT: "quá thời gian", AnswerStatus.INTERRUPTED: "bị gián đoạn", AnswerStatus.LLM_ERROR: "lỗi mô hình",
+}
+
+
+def status_label(value: str) -> str:
+    """The Vietnamese label of a status value as stored in the log (an unknown value is shown as it is)."""
+    try:
+        return AnswerStatus(value).label
+    except ValueError:
+        return value
 
 
 @dataclass(frozen=True)
@@ -50,7 +97,7 @@ class Answer:
 
     question: str
     standalone_question: str
-    status: str = "ok"  # ok | not_covered | a rag.llm.Failure value
+    status: AnswerStatus = AnswerStatus.OK
     text: str = ""
     notice: str = ""  # what the system (not the model) tells the student, in Vietnamese
     retrieved: list[Hit] = field(default_factory=list)
@@ -70,7 +117,7 @@ class Answer:
 
     @property
     def llm_ok(self) -> bool:
-        return self.status in {"ok", "not_covered"}
+        return AnswerStatus(self.status).llm_ok
 
     def to_record(self) -> dict[str, Any]:
         record = {k: v for k, v in asdict(self).items() if k != "retrieved"}
@@ -199,14 +246,14 @@ class AnswerStream:
         answer.timings.retrieval_s = time.perf_counter() - started
         # max, not the first: hybrid and BM25 order by their own scores, while `score` is always the dense cosine
         if not answer.retrieved or max(h.score for h in answer.retrieved) < settings.min_score:
-            answer.status, answer.notice = "not_covered", NOT_COVERED
+            answer.status, answer.notice = AnswerStatus.NOT_COVERED, NOT_COVERED
             return
         if failure in {Failure.UNREACHABLE, Failure.MODEL_MISSING}:
-            answer.status, answer.notice = failure.value, failure_message(failure, settings)
+            answer.status, answer.notice = AnswerStatus.of(failure), failure_message(failure, settings)
             return
         budget = fit_budget(answer.question, answer.retrieved, self.history, settings)
         if budget.chunks == 0:
-            answer.status, answer.notice = Failure.ERROR.value, CONTEXT_TOO_SMALL.format(num_ctx=settings.num_ctx)
+            answer.status, answer.notice = AnswerStatus.LLM_ERROR, CONTEXT_TOO_SMALL.format(num_ctx=settings.num_ctx)
             return
         answer.context_size, answer.num_ctx, answer.history_turns_used = budget.chunks, budget.num_ctx, budget.turns
         yield from self._generate(started, budget)
@@ -231,7 +278,7 @@ class AnswerStream:
                 yield delta
         except Exception as exc:  # whatever broke, the partial answer and the retrieved chunks are kept
             failure = classify(exc, midway=bool(parts))
-            answer.status, answer.notice = failure.value, failure_message(failure, settings, str(exc))
+            answer.status, answer.notice = AnswerStatus.of(failure), failure_message(failure, settings, str(exc))
         raw = "".join(parts)
         answer.cited, answer.invalid_citations = parse_citations(raw, budget.chunks)
         answer.text = drop_invalid_markers(raw, budget.chunks)

@@ -10,9 +10,9 @@ from typing import Callable, Iterable, Iterator
 
 from rag.loaders import LoadedDocument
 from rag.normalize import nfc
+from rag.schema import with_header
 
 CHUNKER_VERSION = "2"  # part of every file fingerprint: a new chunker re-chunks everything once
-HEADING_SEPARATOR = " › "
 
 TokenCounter = Callable[[str], int]
 
@@ -84,12 +84,8 @@ def chunk_document(doc: LoadedDocument, title: str, count_tokens: TokenCounter, 
     units = _units(_blocks(doc, title))
     chunks: list[Chunk] = []
     for headings, page, body in _pack(units, count_tokens, config):
-        chunks.append(Chunk(text=_with_header(headings, body), heading_path=headings, ordinal=len(chunks), page=page))
+        chunks.append(Chunk(text=with_header(headings, body), heading_path=headings, ordinal=len(chunks), page=page))
     return chunks
-
-
-def _with_header(headings: tuple[str, ...], body: str) -> str:
-    return f"{HEADING_SEPARATOR.join(headings)}\n\n{body}" if headings else body
 
 
 def _blocks(doc: LoadedDocument, title: str) -> Iterator[_Block]:
@@ -151,9 +147,9 @@ def _pack(units: list[_Unit], count: TokenCounter, config: ChunkerConfig) -> Ite
     key: tuple[tuple[str, ...], int | None] | None = None
     for unit in units:
         headings, page = unit.blocks[0].headings, unit.blocks[0].page
-        fits_alone = count(_with_header(headings, unit.text)) <= config.max_tokens
+        fits_alone = count(with_header(headings, unit.text)) <= config.max_tokens
         merged = "\n\n".join(pending + [unit.text])
-        if pending and key is not None and key[0] == headings and fits_alone and count(_with_header(headings, merged)) <= config.target_tokens:
+        if pending and key is not None and key[0] == headings and fits_alone and count(with_header(headings, merged)) <= config.target_tokens:
             pending.append(unit.text)
             continue
         if pending and key is not None:
@@ -162,7 +158,7 @@ def _pack(units: list[_Unit], count: TokenCounter, config: ChunkerConfig) -> Ite
         if fits_alone:
             pending = [unit.text]
         else:
-            for piece in split_to_fit(unit.text, lambda body: count(_with_header(headings, body)), config.max_tokens):
+            for piece in split_to_fit(unit.text, lambda body: count(with_header(headings, body)), config.max_tokens):  # noqa: B023 (used at once, inside the loop)
                 yield headings, page, piece
     if pending and key is not None:
         yield key[0], key[1], "\n\n".join(pending)

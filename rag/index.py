@@ -10,17 +10,19 @@ import numpy as np
 from chromadb.config import Settings as ChromaSettings
 
 from rag.embeddings import EmbedderIdentity
+from rag.errors import VimathError
+from rag.schema import CHUNK_HASH, CHUNK_INDEX, FILE_CHUNKS, FILE_HASH, HEADING_PATH, LESSON, PAGE, SOURCE, ChunkMeta, body_of
 from rag.settings import Settings
 
 STAGING_SUFFIX = "__rebuild"
 _PAGE = 2000  # rows per `get` call, well under Chroma's batch limit
 
 
-class IndexMismatch(RuntimeError):
+class IndexMismatch(VimathError, RuntimeError):
     """The index was built with another embedder."""
 
 
-class IndexMissing(RuntimeError):
+class IndexMissing(VimathError, RuntimeError):
     """No index where one was expected."""
 
 
@@ -33,9 +35,49 @@ class Hit:
     metadata: dict[str, Any]
     score: float
 
+    @property
+    def meta(self) -> ChunkMeta:
+        return self.metadata  # type: ignore[return-value]  # what ingestion wrote: see rag.schema
+
+    @property
+    def source(self) -> str:
+        return str(self.metadata.get(SOURCE, ""))
+
+    @property
+    def lesson(self) -> str:
+        return str(self.metadata.get(LESSON, ""))
+
+    @property
+    def heading_path(self) -> str:
+        return str(self.metadata.get(HEADING_PATH, ""))
+
+    @property
+    def page(self) -> int | None:
+        page = self.metadata.get(PAGE)
+        return None if page in (None, "") else int(page)
+
+    @property
+    def chunk_index(self) -> int | None:
+        index = self.metadata.get(CHUNK_INDEX)
+        return None if index is None else int(index)
+
+    @property
+    def body(self) -> str:
+        """The chunk's text without its heading header (a card or a label shows the heading apart)."""
+        return body_of(self.text, self.metadata)
+
     def to_record(self, rank: int) -> dict[str, Any]:
         """The JSON shape of a result: rank, score, text and metadata (with the chunk id)."""
         return {"rank": rank, "score": round(self.score, 6), "text": self.text, "metadata": {**self.metadata, "id": self.id}}
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk as the index stores it."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
 
 
 @dataclass
@@ -151,23 +193,27 @@ class LessonIndex:
         """Every stored chunk matching `where`, with its text, in file order (score 0: not a search result)."""
         hits = [Hit(i, d or "", m or {}, 0.0) for page in self._pages(where, ["documents", "metadatas"])
                 for i, d, m in zip(page["ids"], page["documents"], page["metadatas"])]
-        return sorted(hits, key=lambda h: (str(h.metadata.get("source", "")), int(h.metadata.get("chunk_index", 0))))
+        return sorted(hits, key=lambda h: (h.source, h.chunk_index or 0))
+
+    def stored_chunks(self) -> list[StoredChunk]:
+        """Every chunk of the collection with its text and metadata, ordered by id."""
+        return sorted((StoredChunk(h.id, h.text, h.metadata) for h in self.chunks()), key=lambda c: c.id)
 
     def source_states(self) -> dict[str, SourceState]:
         """Per source file, which versions are stored and whether they are complete."""
         states: dict[str, SourceState] = defaultdict(SourceState)
         for _, meta in self.metadatas():
-            state = states[meta["source"]]
-            state.chunks[meta["file_hash"]] += 1
-            state.expected[meta["file_hash"]] = int(meta["file_chunks"])
+            state = states[meta[SOURCE]]
+            state.chunks[meta[FILE_HASH]] += 1
+            state.expected[meta[FILE_HASH]] = int(meta[FILE_CHUNKS])
         return dict(states)
 
     def stored_vectors(self, source: str) -> dict[str, np.ndarray]:
         """Embeddings of a source's stored chunks by content hash, so unchanged chunks are not embedded again."""
         vectors: dict[str, np.ndarray] = {}
-        for page in self._pages({"source": source}, ["metadatas", "embeddings"]):
+        for page in self._pages({SOURCE: source}, ["metadatas", "embeddings"]):
             for meta, vector in zip(page["metadatas"], page["embeddings"]):
-                vectors[meta["chunk_hash"]] = np.asarray(vector, dtype=np.float32)
+                vectors[meta[CHUNK_HASH]] = np.asarray(vector, dtype=np.float32)
         return vectors
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], metadatas: Sequence[dict[str, Any]]) -> None:
@@ -179,7 +225,7 @@ class LessonIndex:
             self.collection.delete(ids=list(ids))
 
     def ids_of(self, source: str) -> list[str]:
-        return [i for i, _ in self.metadatas({"source": source})]
+        return [i for i, _ in self.metadatas({SOURCE: source})]
 
     def search(self, vector: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[Hit]:
         """The k nearest chunks by cosine similarity."""

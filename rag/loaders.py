@@ -6,6 +6,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.errors import VimathError
 from rag.normalize import nfc
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
@@ -21,7 +22,7 @@ _BOMS = (
 )
 
 
-class LoadError(ValueError):
+class LoadError(VimathError, ValueError):
     """A file that cannot be ingested; the message says why and what to do."""
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +28,7 @@ class PromptFile:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:12]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt(name: str, folder: Path = PROMPTS_DIR) -> PromptFile:
     return PromptFile(name, nfc((folder / f"{name}.md").read_text(encoding="utf-8")).strip())
 

@@ -3,25 +3,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from rag.embeddings import E5Embeddings
-from rag.index import Hit, LessonIndex
+from rag.index import Hit
 from rag.normalize import nfc
+from rag.ranking.base import Ranker
+from rag.schema import CHUNK_HASH, LESSON, SOURCE
 
 NEAR_DUPLICATE_JACCARD = 0.9
 _OVERFETCH = 3  # candidates per wanted result, so that duplicates removed still leave k
-
-
-class Ranker(Protocol):
-    """Anything that ranks chunks for a query (dense, BM25, hybrid)."""
-
-    def rank(self, query: str, k: int, where: dict[str, Any] | None) -> list[Hit]: ...
 
 
 @dataclass(frozen=True)
@@ -32,21 +27,10 @@ class Filters:
     lesson: str | None = None
 
     def where(self) -> dict[str, Any] | None:
-        clauses = [{key: value} for key, value in (("source", self.source), ("lesson", self.lesson)) if value]
+        clauses = [{key: value} for key, value in ((SOURCE, self.source), (LESSON, self.lesson)) if value]
         if not clauses:
             return None
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
-
-
-class DenseRanker:
-    """Cosine similarity between the E5 query vector and the stored passage vectors."""
-
-    def __init__(self, index: LessonIndex, embeddings: E5Embeddings) -> None:
-        self.index = index
-        self.embeddings = embeddings
-
-    def rank(self, query: str, k: int, where: dict[str, Any] | None) -> list[Hit]:
-        return self.index.search(self.embeddings.embed_query(query), k, where)
 
 
 def _words(text: str) -> set[str]:
@@ -55,7 +39,7 @@ def _words(text: str) -> set[str]:
 
 def near_duplicate(a: Hit, b: Hit) -> bool:
     """Identical chunks (e.g. a re-ingested copy) or chunks that overlap almost entirely."""
-    if a.metadata.get("chunk_hash") and a.metadata.get("chunk_hash") == b.metadata.get("chunk_hash"):
+    if a.metadata.get(CHUNK_HASH) and a.metadata.get(CHUNK_HASH) == b.metadata.get(CHUNK_HASH):
         return True
     wa, wb = _words(a.text), _words(b.text)
     if not wa or not wb:

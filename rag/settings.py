@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -14,6 +14,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from rag.ranking import DEFAULT_METHOD, METHODS, check_method  # light: imports no ranker
 
 ENV_PREFIX = "VIMATH_"
 DEFAULT_CONFIG_FILE = Path("vimath.toml")
@@ -35,8 +37,7 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, le=100)
     # Calibrated with bench/calibrate_guard.py on the sample lessons and the bundled embedder; recalibrate for another.
     min_score: float = Field(0.815, description="best-chunk cosine under which the material is said not to cover a question")
-    # hybrid beat dense on every metric of the validation split (python -m rag.eval --split validation --all-methods)
-    retrieval_method: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    retrieval_method: str = Field(DEFAULT_METHOD, description="one of " + " | ".join(METHODS) + " (rag.ranking)")
     ollama_url: str | None = Field(None, description="defaults to $OLLAMA_HOST, then " + DEFAULT_OLLAMA_URL)
     ollama_model: str = "qwen2.5:7b-instruct"
     temperature: float = 0.2
@@ -46,6 +47,11 @@ class Settings(BaseSettings):
     history_turns: int = Field(4, ge=0)
     database_url: str = "sqlite:///vimath_log.db"
     teacher_password: SecretStr | None = None
+
+    @field_validator("retrieval_method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        return check_method(value)
 
     def effective_ollama_url(self) -> str:
         """Ollama's address: the setting, else Ollama's own OLLAMA_HOST, else its default."""

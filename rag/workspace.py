@@ -4,7 +4,9 @@ from __future__ import annotations
 from rag.embedder_loading import load_embeddings
 from rag.embeddings import E5Embeddings
 from rag.index import LessonIndex, make_client, recorded_identity
-from rag.retrieval import DenseRanker, Ranker, Searcher
+from rag.ranking import make_ranker as make_method_ranker
+from rag.ranking.base import Ranker
+from rag.retrieval import Searcher
 from rag.settings import Settings
 
 
@@ -24,16 +26,8 @@ def open_index(settings: Settings, *, rebuild: bool = False, create: bool = True
 
 
 def make_ranker(settings: Settings, index: LessonIndex, embeddings: E5Embeddings) -> Ranker:
-    """The ranker the settings ask for: dense, bm25 or hybrid (all score hits by dense cosine)."""
-    if settings.retrieval_method == "dense":
-        return DenseRanker(index, embeddings)
-    # BM25 pulls in pyvi and bm25s: imported only when asked for
-    from rag.fusion import HybridRanker, QueryVectorCache
-    from rag.lexical import BM25Ranker
-
-    shared = QueryVectorCache.wrap(embeddings)  # hybrid's two rankers then embed each question once
-    lexical = BM25Ranker(index, shared)
-    return lexical if settings.retrieval_method == "bm25" else HybridRanker(DenseRanker(index, shared), lexical)
+    """The ranker the settings ask for (rag.ranking.RANKERS names them; all score hits by dense cosine)."""
+    return make_method_ranker(settings.retrieval_method, index, embeddings)
 
 
 def open_searcher(settings: Settings, *, announce: bool = True) -> Searcher:

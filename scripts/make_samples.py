@@ -15,12 +15,13 @@ def _plain(line: str) -> str:
 
 
 def make_pdf(lesson: Path, out: Path) -> None:
+    from xml.sax.saxutils import escape
+
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import ParagraphStyle
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.ttfonts import TTFont
     from reportlab.platypus import Paragraph, SimpleDocTemplate
-    from xml.sax.saxutils import escape
 
     pdfmetrics.registerFont(TTFont("DejaVu", str(FONT)))
     body = ParagraphStyle("body", fontName="DejaVu", fontSize=11, leading=15, spaceAfter=8)

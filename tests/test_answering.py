@@ -5,12 +5,12 @@ import json
 from typing import Any
 
 import pytest
-
 from fake_ollama import FakeOllama, free_port
+
 from rag.answering import (
     NOT_COVERED,
-    Tutor,
     Turn,
+    Tutor,
     ask,
     drop_invalid_markers,
     estimate_tokens,

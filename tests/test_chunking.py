@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rag.chunking import Chunk, ChunkerConfig, _with_header, chunk_document, math_spans, split_to_fit
+from rag.chunking import Chunk, ChunkerConfig, chunk_document, math_spans, split_to_fit
 from rag.embeddings import E5Embeddings
 from rag.loaders import LoadedDocument, Page, load
+from rag.schema import with_header
 
 LESSONS = Path(__file__).resolve().parents[1] / "data" / "lessons"
 LESSON_FILES = sorted(LESSONS.rglob("*.md"))
@@ -29,7 +30,7 @@ def chunked(bundled: E5Embeddings) -> dict[Path, tuple[LoadedDocument, list[Chun
 
 
 def body(chunk: Chunk) -> str:
-    header = _with_header(chunk.heading_path, "")
+    header = with_header(chunk.heading_path, "")
     assert chunk.text.startswith(header), chunk.text[:80]
     return chunk.text[len(header):]
 
@@ -108,7 +109,7 @@ def test_an_example_and_its_solution_share_a_chunk_when_they_fit(chunked, bundle
             paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
             for first, second in zip(paragraphs, paragraphs[1:]):
                 if example.match(first) and solution.match(second):
-                    if bundled.count_tokens(_with_header(heading_path, first + "\n\n" + second)) <= 256:
+                    if bundled.count_tokens(with_header(heading_path, first + "\n\n" + second)) <= 256:
                         checked += 1
                         assert any(first in c.text and second in c.text for c in chunks), (path.name, first[:50])
     assert checked >= 60
@@ -139,7 +140,7 @@ def test_an_oversized_paragraph_is_split_without_cutting_a_formula(bundled: E5Em
     ]
     paragraph = "**Nhận xét.** " + " ".join(sentences) + ". $$\\lim_{n \\to +\\infty} \\dfrac{1}{n} = 0$$ Kết thúc."
     text = "# Bài 6. Giới hạn\n\n## 2. Tổng\n\n" + paragraph
-    assert count(_with_header(("Bài 6. Giới hạn", "2. Tổng"), paragraph)) > 3 * 256
+    assert count(with_header(("Bài 6. Giới hạn", "2. Tổng"), paragraph)) > 3 * 256
     chunks = chunk_document(_doc(text), "gen", count)
     assert len(chunks) >= 4
     assert all(count(c.text) <= 256 for c in chunks)

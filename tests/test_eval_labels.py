@@ -10,9 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ingest.job import IngestJob, discover
-from rag.chunking import ChunkerConfig
 from word_backend import WordBackend
+
+from rag.chunking import ChunkerConfig
 from rag.embeddings import E5Embeddings
 from rag.eval.dataset import (
     DatasetError,
@@ -24,6 +24,7 @@ from rag.eval.dataset import (
     resolve_against,
 )
 from rag.index import LessonIndex
+from rag.ingestion import IngestJob, discover
 from rag.settings import load_settings
 
 A = "lop10/01-ham-so.md"

@@ -12,10 +12,9 @@ import httpx
 import ollama
 import pydantic
 import pytest
+from fake_ollama import FakeOllama, free_port, split_words
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_ollama import ChatOllama
-
-from fake_ollama import FakeOllama, free_port, split_words
 
 MODEL = "qwen2.5:7b-instruct"
 REPLY = "Two plus two equals four, well done!"

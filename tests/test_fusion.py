@@ -12,11 +12,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from word_backend import WordBackend
+
 from rag.embeddings import E5Embeddings, Role
-from rag.fusion import HybridRanker, QueryVectorCache, reciprocal_rank_fusion
-from rag.index import Hit, LessonIndex
-from rag.lexical import BM25Ranker, LexicalIndex, StoredChunk, analyze, strip_diacritics
-from rag.retrieval import DenseRanker, Searcher
+from rag.index import Hit, LessonIndex, StoredChunk
+from rag.ranking.base import QueryVectorCache
+from rag.ranking.bm25 import BM25Ranker, LexicalIndex, analyze, strip_diacritics
+from rag.ranking.dense import DenseRanker
+from rag.ranking.hybrid import HybridRanker, reciprocal_rank_fusion
+from rag.retrieval import Searcher
 from rag.settings import load_settings
 
 CHUNKS = {
@@ -110,9 +113,9 @@ def test_bm25_ranker_applies_filters(index: tuple[LessonIndex, E5Embeddings]) ->
 
 
 def test_bm25_follows_the_index_after_an_ingest(index: tuple[LessonIndex, E5Embeddings], monkeypatch: pytest.MonkeyPatch) -> None:
-    import rag.lexical
+    import rag.ranking.bm25
 
-    monkeypatch.setattr(rag.lexical, "FRESHNESS_S", 0.0)  # check on every question, as after FRESHNESS_S seconds
+    monkeypatch.setattr(rag.ranking.bm25, "FRESHNESS_S", 0.0)  # check on every question, as after FRESHNESS_S seconds
     idx, embeddings = index
     ranker = BM25Ranker(idx, embeddings)
     assert ranker.rank("lượng giác", 3, None) == []

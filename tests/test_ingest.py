@@ -26,10 +26,10 @@ from chromadb.config import Settings as ChromaSettings
 from conftest import stop_process
 
 from ingest.__main__ import main as ingest_main
-from ingest.job import IngestJob, chunk_id, discover, fingerprint, prepare_file
 from rag.__main__ import main as rag_main
 from rag.chunking import ChunkerConfig, chunk_document
 from rag.index import STAGING_SUFFIX, LessonIndex, SourceState, make_client, recorded_identity
+from rag.ingestion import IngestJob, chunk_id, discover, fingerprint, prepare_file
 from rag.loaders import load
 from rag.settings import Settings, load_settings
 from rag.workspace import open_index, open_searcher

@@ -45,7 +45,7 @@ def test_markdown_in_nfd_comes_out_nfc(tmp_path: Path) -> None:
 
 
 def test_windows_line_endings_become_newlines(tmp_path: Path) -> None:
-    doc = load(write(tmp_path, "bai.txt", "dòng một\r\ndòng hai\rdòng ba".encode("utf-8")))
+    doc = load(write(tmp_path, "bai.txt", "dòng một\r\ndòng hai\rdòng ba".encode()))
     assert doc.text == "dòng một\ndòng hai\ndòng ba"
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from rag.embeddings import EmbedderIdentity
 from rag.index import Hit, LessonIndex
-from rag.retrieval import DenseRanker, Filters, LessonRetriever, Searcher, dedupe
+from rag.ranking.dense import DenseRanker
+from rag.retrieval import Filters, LessonRetriever, Searcher, dedupe
 from rag.settings import Settings
 
 IDENTITY = EmbedderIdentity(spec="test", name="unit-vectors", revision="1", dimension=3)

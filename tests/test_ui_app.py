@@ -8,15 +8,15 @@ from typing import Any, Iterator
 import chromadb
 import pytest
 from chromadb.config import Settings as ChromaSettings
+from fake_ollama import FakeOllama, free_port
 from streamlit.testing.v1 import AppTest
+from ui_testing import COLLECTION, ROOT, build_test_index, ui_env
 
 import ui.common
-from fake_ollama import FakeOllama, free_port
 from rag.answering import NOT_COVERED, Answer
 from rag.conversation_log import ConversationLog
 from rag.index import Hit
 from ui.formatting import latex_to_markdown
-from ui_testing import COLLECTION, ROOT, build_test_index, ui_env
 
 APP = str(ROOT / "ui" / "app.py")
 TEACHER = str(ROOT / "ui" / "teacher.py")

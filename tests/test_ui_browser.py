@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-from fake_ollama import FakeOllama, free_port
 from conftest import stop_process
+from fake_ollama import FakeOllama, free_port
 from ui_testing import ROOT, build_test_index, ui_env
 
 CHROMIUM = Path("/usr/bin/chromium")

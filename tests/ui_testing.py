@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.job import IngestJob, discover
+from rag.ingestion import IngestJob, discover
 from rag.settings import Settings
 from rag.workspace import open_index
 

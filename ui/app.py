@@ -14,7 +14,7 @@ if _ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 
-from rag.answering import Answer, Turn  # noqa: E402
+from rag.answering import Answer, AnswerStatus, Turn  # noqa: E402
 from rag.conversation_log import ConversationLog  # noqa: E402
 from rag.index import Hit  # noqa: E402
 from rag.settings import Settings  # noqa: E402
@@ -34,7 +34,6 @@ from ui.formatting import latex_to_markdown  # noqa: E402
 SOURCES_LABEL = "Nguồn"
 CLOSEST_LABEL = "Các đoạn tài liệu liên quan nhất"
 SHOW_ALL_LABEL = "Hiện tất cả đoạn đã truy xuất"
-_BLOCKING_FAILURES = {"llm_unreachable", "model_missing"}
 _TOP_K_MAX = 20
 WELCOME = ("Chào em! Mình là gia sư Toán, trả lời dựa trên tài liệu bài học của thầy cô và luôn ghi rõ nguồn. "
            "Em hãy đặt câu hỏi về bài học ở ô bên dưới nhé.")
@@ -63,7 +62,7 @@ def entries() -> list[ChatEntry]:
 
 def history(chat: list[ChatEntry]) -> list[Turn]:
     """Earlier turns the tutor may use: only real answers, not notices."""
-    return [Turn(e.question, e.answer.text) for e in chat if e.answer.status == "ok" and e.answer.text]
+    return [Turn(e.question, e.answer.text) for e in chat if e.answer.status == AnswerStatus.OK and e.answer.text]
 
 
 def open_log(settings: Settings) -> ConversationLog | None:
@@ -119,7 +118,7 @@ def render_hits(hits: list[Hit], numbers: list[int]) -> None:
 
 def render_sources(answer: Answer, show_all: bool) -> None:
     """The cited chunks under an answer; the closest chunks when the model did not answer."""
-    if answer.status == "ok":
+    if answer.status == AnswerStatus.OK:
         with st.expander(SOURCES_LABEL):
             if answer.cited:
                 render_hits(answer.cited_chunks, answer.cited)
@@ -143,9 +142,9 @@ def render_notice(answer: Answer) -> None:
     """The system's own message: not covered, or why the model did not (fully) answer."""
     if not answer.notice:
         return
-    if answer.status == "not_covered":
+    if answer.status == AnswerStatus.NOT_COVERED:
         st.info(answer.notice, icon=":material/menu_book:")
-    elif answer.status in _BLOCKING_FAILURES:
+    elif AnswerStatus(answer.status).blocking:
         st.error(answer.notice, icon=":material/power_off:")
     else:
         st.warning(answer.notice, icon=":material/warning:")
@@ -197,7 +196,7 @@ def render_answer(entry: ChatEntry, show_all: bool, log: ConversationLog | None,
         markdown(answer.text)
     render_notice(answer)
     render_sources(answer, show_all)
-    if answer.status == "ok":
+    if answer.status == AnswerStatus.OK:
         render_timings(answer)
     render_feedback(log, entry.exchange_id)
 

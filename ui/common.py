@@ -155,8 +155,7 @@ def render_chunk(hit: Hit, number: int | None = None, note: str = "", *, scored:
         prefix = f"**[{number}]** " if number is not None else ""
         markdown(f"{prefix}**{chunk_title(hit.metadata)}**")
         st.caption(chunk_caption(hit.metadata, hit.score if scored else None) + (f" · {note}" if note else ""))
-        # The chunk text starts with its heading path (it helps retrieval); the card's title already shows it.
-        markdown(hit.text.removeprefix(f"{hit.metadata.get('heading_path', '')}\n\n"))
+        markdown(hit.body)  # the card's title already shows the heading path that heads the chunk's text
 
 
 def teacher_password(settings: Settings) -> str | None:

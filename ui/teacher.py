@@ -13,6 +13,7 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from rag.answering import status_label  # noqa: E402
 from rag.conversation_log import ConversationLog, ExchangeRow  # noqa: E402
 from rag.index import Hit  # noqa: E402
 from rag.normalize import nfc  # noqa: E402
@@ -36,9 +37,6 @@ ALL = "Tất cả"
 FEEDBACK_CHOICES: dict[str, Any] = {ALL: None, "👍 Hài lòng": "up", "👎 Chưa hài lòng": "down",
                                     "Có phản hồi": "any", "Chưa có phản hồi": "none"}
 RATING_MARK = {1: "👍", -1: "👎", None: ""}
-STATUS_LABELS = {"ok": "đã trả lời", "not_covered": "tài liệu chưa đề cập", "llm_unreachable": "Ollama không chạy",
-                 "model_missing": "thiếu mô hình", "timeout": "quá thời gian", "interrupted": "bị gián đoạn",
-                 "llm_error": "lỗi mô hình"}
 _PREVIEW_CHARS = 160
 
 
@@ -110,7 +108,7 @@ def chunk_rows(hits: list[Hit], scored: bool) -> list[dict[str, Any]]:
 
 
 def exchange_rows(rows: list[ExchangeRow]) -> list[dict[str, Any]]:
-    return [{"Thời gian": local_time(r.created_at), "Câu hỏi": r.question, "Trạng thái": STATUS_LABELS.get(r.status, r.status),
+    return [{"Thời gian": local_time(r.created_at), "Câu hỏi": r.question, "Trạng thái": status_label(r.status),
              "Điểm cao nhất": None if r.best_score is None else round(r.best_score, 3), "Phản hồi": RATING_MARK.get(r.rating, ""),
              "Góp ý": r.comment or "", "Nguồn trích dẫn": " | ".join(r.cited_sources), "Câu trả lời": preview(r.answer_text)}
             for r in rows]
@@ -163,7 +161,7 @@ def material_tab(settings: Settings, resources: IndexResources, log: Conversatio
 def exchange_detail(row: ExchangeRow) -> None:
     """One logged exchange in full."""
     with st.container(border=True):
-        st.caption(f"{local_time(row.created_at)} · {STATUS_LABELS.get(row.status, row.status)} · `{row.model}` · {row.prompt_version}")
+        st.caption(f"{local_time(row.created_at)} · {status_label(row.status)} · `{row.model}` · {row.prompt_version}")
         st.markdown("**Câu hỏi**")
         markdown(row.question)
         if row.standalone_question != row.question:

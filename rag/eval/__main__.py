@@ -13,10 +13,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ingest.job import IngestJob, discover
 from rag.cli_args import add_settings_args, settings_from_args
-from rag.embedder_loading import EmbedderUnavailable, load_embeddings
+from rag.embedder_loading import load_embeddings
 from rag.embeddings import E5Embeddings, EmbedderIdentity
+from rag.errors import VimathError
 from rag.eval import evaluate
 from rag.eval.dataset import (
     SPLITS,
@@ -27,14 +27,15 @@ from rag.eval.dataset import (
     resolve_against,
 )
 from rag.eval.report import RunResult, comparison_json, markdown, write_reports
-from rag.fusion import QueryVectorCache
-from rag.index import IndexMismatch, IndexMissing, LessonIndex, describe_location
+from rag.index import LessonIndex, describe_location
+from rag.ingestion import IngestJob, discover
+from rag.ranking import METHODS
+from rag.ranking.base import QueryVectorCache
 from rag.retrieval import Searcher
 from rag.settings import Settings
 from rag.workspace import make_ranker, open_index
 
 EXIT_OK, EXIT_ERROR = 0, 1
-METHODS = ("dense", "bm25", "hybrid")
 EVAL_ROOT = Path(".vimath_eval")
 DEFAULT_SPLIT = "test"
 
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if config.embedder not in prepared:
                 prepared[config.embedder] = prepare(args, settings, config.embedder, questions)
             results.append(run_config(config, prepared[config.embedder], settings, dataset, split))
-    except (DatasetError, FileNotFoundError, IndexMissing, IndexMismatch, EmbedderUnavailable) as exc:
+    except (VimathError, FileNotFoundError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     keys = keys_for(results, args.all_methods)

@@ -9,17 +9,17 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from rag.chunking import HEADING_SEPARATOR
-from rag.index import LessonIndex
-from rag.lexical import StoredChunk, stored_chunks
+from rag.errors import VimathError
+from rag.index import LessonIndex, StoredChunk
 from rag.normalize import nfc
+from rag.schema import HEADING_PATH, SOURCE, split_headings
 
 SPLITS = ("train", "validation", "test")
 LABEL_KEYS = {"source", "heading", "span"}
 QUESTION_KEYS = {"id", "question", "split", "correct", "related", "type"}
 
 
-class DatasetError(ValueError):
+class DatasetError(VimathError, ValueError):
     """The evaluation file is malformed; the message names the file, line and problem."""
 
 
@@ -30,7 +30,7 @@ def normalized(text: str) -> str:
 
 def split_heading_path(path: str) -> tuple[str, ...]:
     """"Bài 1. … › 2. …" as its normalized titles."""
-    return tuple(normalized(h) for h in path.split(HEADING_SEPARATOR.strip()) if normalized(h))
+    return tuple(normalized(h) for h in split_headings(path) if normalized(h))
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,8 @@ class ChunkView:
 
     @classmethod
     def of(cls, chunk: StoredChunk) -> ChunkView:
-        heading_path = str(chunk.metadata.get("heading_path", ""))
-        return cls(chunk.id, chunk.text, str(chunk.metadata.get("source", "")), heading_path,
+        heading_path = str(chunk.metadata.get(HEADING_PATH, ""))
+        return cls(chunk.id, chunk.text, str(chunk.metadata.get(SOURCE, "")), heading_path,
                    split_heading_path(heading_path), normalized(chunk.text))
 
 
@@ -253,7 +253,7 @@ def resolve(questions: Sequence[Question], chunks: Sequence[ChunkView]) -> EvalS
 
 def index_chunks(index: LessonIndex) -> list[ChunkView]:
     """The index's chunks as labels see them."""
-    return [ChunkView.of(c) for c in stored_chunks(index)]
+    return [ChunkView.of(c) for c in index.stored_chunks()]
 
 
 def resolve_against(index: LessonIndex, questions: Sequence[Question]) -> EvalSet:

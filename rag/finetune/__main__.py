@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rag.errors import VimathError
 from rag.finetune.trainer import (
     AUTO,
     FinetuneConfig,
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"\nInterrupted: {exc}.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (VimathError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(summary(result))

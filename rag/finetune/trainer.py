@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.embeddings import BUNDLED, MAX_TOKENS, PREFIXES
+from rag.errors import VimathError
 
 if TYPE_CHECKING:
     from rag.finetune.triplets import TripletSet
@@ -99,7 +100,7 @@ class TrainResult:
         return cls(**{**raw, "epochs": [EpochRecord(**e) for e in raw["epochs"]]})
 
 
-class Interrupted(RuntimeError):
+class Interrupted(VimathError, RuntimeError):
     """Training stopped before finishing; the last finished epoch is checkpointed."""
 
 

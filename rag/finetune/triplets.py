@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ingest.job import chunk_id, chunk_metadata, discover, prepare_file
 from rag.chunking import ChunkerConfig
 from rag.embeddings import E5Embeddings, strip_prefix
 from rag.eval.dataset import (
@@ -19,7 +18,8 @@ from rag.eval.dataset import (
     load_questions,
     resolve,
 )
-from rag.lexical import StoredChunk
+from rag.index import StoredChunk
+from rag.ingestion import chunk_id, chunk_metadata, discover, prepare_file
 from rag.loaders import LoadError
 
 if TYPE_CHECKING:

@@ -29,8 +29,10 @@ import bm25s
 import numpy as np
 
 from rag.embeddings import E5Embeddings
-from rag.index import Hit, LessonIndex
+from rag.index import Hit, LessonIndex, StoredChunk
 from rag.normalize import nfc
+from rag.ranking.base import QueryVectorCache
+from rag.schema import CHUNK_HASH
 
 FRESHNESS_S = 5.0
 ANALYZER_VERSION = "1"  # part of the cache key: a new analyzer must not reuse old token lists
@@ -38,25 +40,11 @@ _CACHE_SIZE = 4
 _WORD = re.compile(r"\w+")
 
 
-@dataclass(frozen=True)
-class StoredChunk:
-    """A chunk as the index stores it."""
-
-    id: str
-    text: str
-    metadata: dict[str, Any]
-
-
-def stored_chunks(index: LessonIndex) -> list[StoredChunk]:
-    """Every chunk of the collection with its text and metadata, ordered by id."""
-    return sorted((StoredChunk(h.id, h.text, h.metadata) for h in index.chunks()), key=lambda c: c.id)
-
-
 def content_key(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """Identifies a collection's content from its (chunk id, metadata) rows: ids and chunk hashes (and the analyzer)."""
     digest = hashlib.sha256(ANALYZER_VERSION.encode())
     for chunk_id, meta in sorted(rows, key=lambda row: row[0]):
-        digest.update(f"\0{chunk_id}\0{meta.get('chunk_hash', '')}".encode())
+        digest.update(f"\0{chunk_id}\0{meta.get(CHUNK_HASH, '')}".encode())
     return digest.hexdigest()
 
 
@@ -128,7 +116,7 @@ def lexical_index(index: LessonIndex) -> LexicalIndex:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        chunks = stored_chunks(index)  # re-read whole: the key is taken from what is actually built
+        chunks = index.stored_chunks()  # re-read whole: the key is taken from what is actually built
         key = content_key([(c.id, c.metadata) for c in chunks])
         built = LexicalIndex.build(chunks, key)
         _cache[key] = built
@@ -190,3 +178,7 @@ class BM25Ranker:
 
     def rank(self, query: str, k: int, where: dict[str, Any] | None) -> list[Hit]:
         return self.hits(query, self.top(query, k, where))
+
+
+def build(index: LessonIndex, embeddings: E5Embeddings) -> BM25Ranker:
+    return BM25Ranker(index, QueryVectorCache.wrap(embeddings))

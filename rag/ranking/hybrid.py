@@ -1,41 +1,17 @@
 """Hybrid retrieval: reciprocal rank fusion of the dense and the BM25 rankings."""
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import zip_longest
 from typing import Any
 
 from rag.embeddings import E5Embeddings
-from rag.index import Hit
-from rag.lexical import BM25Ranker
-from rag.retrieval import DenseRanker
+from rag.index import Hit, LessonIndex
+from rag.ranking.base import QueryVectorCache
+from rag.ranking.bm25 import BM25Ranker
+from rag.ranking.dense import DenseRanker
 
 RRF_K = 60
-_QUERY_CACHE = 64
-
-
-class QueryVectorCache(E5Embeddings):
-    """The same embedder, remembering recent query vectors, so rankers that share it embed a question once."""
-
-    def __init__(self, inner: E5Embeddings, size: int = _QUERY_CACHE) -> None:
-        super().__init__(inner.backend, batch_size=inner.batch_size)
-        self.size = size
-        self._vectors: OrderedDict[str, list[float]] = OrderedDict()
-
-    @classmethod
-    def wrap(cls, embeddings: E5Embeddings) -> QueryVectorCache:
-        return embeddings if isinstance(embeddings, QueryVectorCache) else cls(embeddings)
-
-    def embed_query(self, text: str) -> list[float]:
-        if text in self._vectors:
-            self._vectors.move_to_end(text)
-            return self._vectors[text]
-        vector = super().embed_query(text)
-        self._vectors[text] = vector
-        while len(self._vectors) > self.size:
-            self._vectors.popitem(last=False)
-        return vector
 
 
 def _round_robin(rankings: Sequence[Sequence[str]]) -> list[str]:
@@ -80,3 +56,8 @@ class HybridRanker:
 def _annotated(hit: Hit, rrf: float, bm25: float | None) -> Hit:
     extra: dict[str, Any] = {"rrf": rrf} if bm25 is None else {"rrf": rrf, "bm25": bm25}
     return Hit(hit.id, hit.text, {**hit.metadata, **extra}, hit.score)
+
+
+def build(index: LessonIndex, embeddings: E5Embeddings) -> HybridRanker:
+    shared = QueryVectorCache.wrap(embeddings)  # the two rankers then embed each question once
+    return HybridRanker(DenseRanker(index, shared), BM25Ranker(index, shared))

@@ -1,4 +1,4 @@
-"""The ingestion job: lesson files → chunks → vectors in the index, incremental, idempotent and crash-safe.
+"""The ingestion job (the library side of `python -m ingest`): lesson files → chunks → vectors in the index, incremental, idempotent and crash-safe.
 
 Each file's new version is written with one upsert and only then are its old chunks deleted, so an interrupt
 leaves every file either as it was or complete (at worst with its old chunks beside the new until the next run,
@@ -21,6 +21,7 @@ from rag.embeddings import E5Embeddings
 from rag.index import LessonIndex
 from rag.loaders import SUFFIXES, LoadError, load
 from rag.normalize import nfc
+from rag.schema import ChunkMeta, join_headings
 
 STATUSES = ("added", "updated", "unchanged", "removed", "failed", "skipped")
 
@@ -102,19 +103,20 @@ def fingerprint(text: str, config: ChunkerConfig) -> str:
 
 def chunk_id(source: str, file_hash: str, ordinal: int) -> str:
     """Deterministic id of a chunk of one file version."""
-    return hashlib.sha256(f"{source}\0{file_hash}\0{ordinal}".encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"{source}\0{file_hash}\0{ordinal}".encode()).hexdigest()[:32]
 
 
-def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int) -> dict[str, str | int]:
-    meta: dict[str, str | int] = {
-        "source": source,
-        "lesson": chunk.heading_path[0] if chunk.heading_path else source,
-        "heading_path": " › ".join(chunk.heading_path),
-        "chunk_index": chunk.ordinal,
-        "chunk_hash": chunk.content_hash,
-        "file_hash": file_hash,
-        "file_chunks": total,
-    }
+def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int) -> ChunkMeta:
+    """The one place chunk metadata is written (its fields: rag.schema.ChunkMeta)."""
+    meta = ChunkMeta(
+        source=source,
+        lesson=chunk.heading_path[0] if chunk.heading_path else source,
+        heading_path=join_headings(chunk.heading_path),
+        chunk_index=chunk.ordinal,
+        chunk_hash=chunk.content_hash,
+        file_hash=file_hash,
+        file_chunks=total,
+    )
     if chunk.page is not None:
         meta["page"] = chunk.page
     return meta

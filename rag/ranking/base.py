@@ -1,0 +1,39 @@
+"""What every ranker is, and the query-vector cache that lets rankers sharing an embedder embed a question once."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from rag.embeddings import E5Embeddings
+from rag.index import Hit
+
+_QUERY_CACHE = 64
+
+
+class Ranker(Protocol):
+    """Anything that ranks chunks for a query (dense, BM25, hybrid)."""
+
+    def rank(self, query: str, k: int, where: dict[str, Any] | None) -> list[Hit]: ...
+
+
+class QueryVectorCache(E5Embeddings):
+    """The same embedder, remembering recent query vectors, so rankers that share it embed a question once."""
+
+    def __init__(self, inner: E5Embeddings, size: int = _QUERY_CACHE) -> None:
+        super().__init__(inner.backend, batch_size=inner.batch_size)
+        self.size = size
+        self._vectors: OrderedDict[str, list[float]] = OrderedDict()
+
+    @classmethod
+    def wrap(cls, embeddings: E5Embeddings) -> QueryVectorCache:
+        return embeddings if isinstance(embeddings, QueryVectorCache) else cls(embeddings)
+
+    def embed_query(self, text: str) -> list[float]:
+        if text in self._vectors:
+            self._vectors.move_to_end(text)
+            return self._vectors[text]
+        vector = super().embed_query(text)
+        self._vectors[text] = vector
+        while len(self._vectors) > self.size:
+            self._vectors.popitem(last=False)
+        return vector
