@@ -11,13 +11,14 @@ from rag.cli_args import add_settings_args, settings_from_args
 from rag.errors import VimathError
 from rag.index import describe_location
 from rag.ingestion import IngestJob, discover
+from rag.loaders import describe_suffixes
 from rag.workspace import open_index
 
 EXIT_OK, EXIT_NOTHING, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ingest", description="Ingest Vietnamese math lessons (.md .txt .pdf .docx) into the index.")
+    parser = argparse.ArgumentParser(prog="python -m ingest", description=f"Ingest Vietnamese math lessons ({describe_suffixes()}) into the index.")
     parser.add_argument("paths", nargs="+", type=Path, help="folders (searched recursively) and files")
     parser.add_argument("--prune", action="store_true", help="remove from the index the files no longer under PATHS")
     parser.add_argument("--rebuild", action="store_true", help="build the index anew (e.g. with another embedder); the old one stays until the new one is complete")
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_NOTHING
     if not files:
-        print(f"Error: no lesson files (.md .txt .pdf .docx) under {', '.join(map(str, args.paths))}.", file=sys.stderr)
+        print(f"Error: no lesson files ({describe_suffixes()}) under {', '.join(map(str, args.paths))}.", file=sys.stderr)
         return EXIT_NOTHING
     try:
         index, embeddings = open_index(settings, rebuild=args.rebuild)

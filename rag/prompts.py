@@ -5,7 +5,6 @@ import hashlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Sequence
 
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
 
@@ -58,6 +57,3 @@ def format_chunk(number: int, hit: Hit) -> str:
     page = f", trang {meta['page']}" if "page" in meta else ""
     return f"[{number}] (nguồn: {meta.get('source', '?')}{page})\n{hit.text.strip()}"
 
-
-def format_context(hits: Sequence[Hit]) -> str:
-    return "\n\n".join(format_chunk(n, h) for n, h in enumerate(hits, start=1))

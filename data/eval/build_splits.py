@@ -7,25 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
-import unicodedata
 from pathlib import Path
 from typing import Any
 
+from rag.eval.dataset import SPLITS, QuestionRecord, parse_question
+
 HERE = Path(__file__).resolve().parent
-SPLITS = ("train", "validation", "test")
-FIELDS = ("id", "question", "split", "correct", "related", "type")
 MIN_QUESTIONS = 200
-
-
-def nfc(value: Any) -> Any:
-    """Every string of a JSON value in Unicode NFC."""
-    if isinstance(value, str):
-        return unicodedata.normalize("NFC", value)
-    if isinstance(value, list):
-        return [nfc(v) for v in value]
-    if isinstance(value, dict):
-        return {k: nfc(v) for k, v in value.items()}
-    return value
 
 
 def read_parts(parts: Path) -> list[dict[str, Any]]:
@@ -37,16 +25,17 @@ def read_parts(parts: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             where = f"{path.name}:{number}"
-            row = nfc(json.loads(line))
-            missing = {"id", "question", "split", "correct"} - set(row)
-            if missing or set(row) - set(FIELDS):
-                sys.exit(f"{where}: missing {sorted(missing)} or unknown {sorted(set(row) - set(FIELDS))} fields")
+            try:  # the one schema of an evaluation line, as python -m rag.eval reads it (NFC included)
+                parse_question(json.loads(line))
+                row = QuestionRecord.model_validate_json(line).model_dump(exclude_none=True, exclude_defaults=True)
+            except ValueError as exc:
+                sys.exit(f"{where}: {exc}")
             if row["split"] not in SPLITS:
                 sys.exit(f"{where}: split {row['split']!r} is not one of {SPLITS}")
             if row["id"] in seen:
                 sys.exit(f"{where}: id {row['id']!r} already in {seen[row['id']]}")
             seen[row["id"]] = where
-            rows.append({k: row[k] for k in FIELDS if k in row})
+            rows.append({k: row[k] for k in QuestionRecord.model_fields if k in row})
     return rows
 
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rag.errors import VimathError
 from rag.index import LessonIndex, StoredChunk
@@ -15,8 +17,74 @@ from rag.normalize import nfc
 from rag.schema import HEADING_PATH, SOURCE, split_headings
 
 SPLITS = ("train", "validation", "test")
-LABEL_KEYS = {"source", "heading", "span"}
-QUESTION_KEYS = {"id", "question", "split", "correct", "related", "type"}
+
+
+def _nfc_text(value: str) -> str:
+    """NFC, stripped; an empty string is refused."""
+    value = nfc(value).strip()
+    if not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_nfc_text)]
+
+
+class LabelRecord(BaseModel):
+    """A label as written in the JSONL file: which chunks count (docs/eval-format.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Text | list[Text] | None = None
+    heading: Text | None = None
+    span: Text | None = None
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> LabelRecord:
+        if self.source == []:
+            raise ValueError("'source' must be a path or a non-empty list of paths")
+        if self.heading is not None and not self.source:
+            raise ValueError("'heading' needs 'source' (the same heading recurs across lessons)")
+        if not self.source and self.span is None:
+            raise ValueError("a label needs 'source' or 'span'")
+        return self
+
+
+class QuestionRecord(BaseModel):
+    """One line of an evaluation file (docs/eval-format.md); also what data/eval/build_splits.py checks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Text
+    question: Text
+    split: Text
+    correct: list[LabelRecord] = Field(min_length=1)
+    related: list[LabelRecord] = []
+    type: str | None = None
+    grade: Literal[10, 11, 12] | None = None  # the grade whose material answers it
+    style: str | None = None  # how it is written: plain_math, mcq, word_problem, table, no_topic, no_diacritics
+
+
+def _validated(model: type[_Record], raw: Any) -> _Record:
+    """`raw` as `model`, or a ValueError saying, in one line, what is wrong with it."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError("; ".join(_problem(e) for e in exc.errors())) from None
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "missing":
+        return f"missing field {where!r}"
+    if error["type"] == "extra_forbidden":
+        hint = " (labels name files, headings or spans, never chunk ids)" if error["loc"][-1] in {"id", "chunk_id"} or len(error["loc"]) > 1 else ""
+        return f"unknown field {where!r}{hint}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+_Record = TypeVar("_Record", bound=BaseModel)
 
 
 class DatasetError(VimathError, ValueError):
@@ -44,24 +112,9 @@ class Label:
     @classmethod
     def parse(cls, raw: Any) -> Label:
         """A label from its JSON object (raises ValueError)."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"a label must be an object, not {raw!r}")
-        unknown = set(raw) - LABEL_KEYS
-        if unknown:
-            raise ValueError(f"unknown label keys {sorted(unknown)} (labels name files, headings or spans, never chunk ids)")
-        source = raw.get("source")
-        sources = (source,) if isinstance(source, str) else tuple(source) if isinstance(source, list) else ()
-        if source is not None and (not sources or not all(isinstance(s, str) and s.strip() for s in sources)):
-            raise ValueError(f"'source' must be a path or a non-empty list of paths: {source!r}")
-        heading, span = raw.get("heading"), raw.get("span")
-        for name, value in (("heading", heading), ("span", span)):
-            if value is not None and (not isinstance(value, str) or not normalized(value)):
-                raise ValueError(f"{name!r} must be a non-empty string: {value!r}")
-        if heading is not None and not sources:
-            raise ValueError("'heading' needs 'source' (the same heading recurs across lessons)")
-        if not sources and span is None:
-            raise ValueError("a label needs 'source' or 'span'")
-        return cls(tuple(nfc(s) for s in sources), nfc(heading) if heading else None, nfc(span) if span else None)
+        record = _validated(LabelRecord, raw)
+        sources = (record.source,) if isinstance(record.source, str) else tuple(record.source or ())
+        return cls(sources, record.heading, record.span)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -100,6 +153,8 @@ class Question:
     correct: tuple[Label, ...]
     related: tuple[Label, ...] = ()
     type: str | None = None
+    grade: int | None = None
+    style: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,26 +245,9 @@ class EvalSet:
 
 def parse_question(raw: Any) -> Question:
     """A question from its JSON object (raises ValueError)."""
-    if not isinstance(raw, dict):
-        raise ValueError("each line must be a JSON object")
-    missing = {"id", "question", "split", "correct"} - set(raw)
-    if missing:
-        raise ValueError(f"missing fields {sorted(missing)}")
-    unknown = set(raw) - QUESTION_KEYS
-    if unknown:
-        raise ValueError(f"unknown fields {sorted(unknown)}")
-    for name in ("id", "question", "split"):
-        if not isinstance(raw[name], str) or not raw[name].strip():
-            raise ValueError(f"{name!r} must be a non-empty string")
-    if raw.get("type") is not None and not isinstance(raw["type"], str):
-        raise ValueError("'type' must be a string")
-    correct, related = raw["correct"], raw.get("related", [])
-    if not isinstance(correct, list) or not correct:
-        raise ValueError("'correct' must be a non-empty list of labels")
-    if not isinstance(related, list):
-        raise ValueError("'related' must be a list of labels")
-    return Question(nfc(raw["id"]).strip(), nfc(raw["question"]).strip(), raw["split"].strip(),
-                    tuple(Label.parse(x) for x in correct), tuple(Label.parse(x) for x in related), raw.get("type"))
+    record = _validated(QuestionRecord, raw)
+    return Question(record.id, record.question, record.split, tuple(Label.parse(x.model_dump(exclude_none=True)) for x in record.correct),
+                    tuple(Label.parse(x.model_dump(exclude_none=True)) for x in record.related), record.type, record.grade, record.style)
 
 
 def load_questions(path: Path, split: str | None = None) -> list[Question]:

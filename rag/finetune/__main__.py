@@ -59,11 +59,22 @@ def summary(result: TrainResult) -> str:
             f"training {result.train_time_s:.0f} s on {result.device}).")
 
 
+def missing_training_packages() -> list[str]:
+    """The `train` extra's packages that are not installed (the product itself does not need them)."""
+    from importlib.util import find_spec
+
+    return [name for name in ("datasets", "accelerate") if find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    missing = missing_training_packages()
+    if missing:
+        print(f"Error: fine-tuning needs {', '.join(missing)}: pip install -e '.[train]'", file=sys.stderr)
+        return EXIT_ERROR
     config = config_from_args(args)
-    result = load_log(config.out)
     try:
+        result = load_log(config.out)
         if result is None:
             result = train(config)
         else:

@@ -96,8 +96,15 @@ class TrainResult:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> TrainResult:
-        return cls(**{**raw, "epochs": [EpochRecord(**e) for e in raw["epochs"]]})
+    def from_json(cls, raw: Any) -> TrainResult:
+        """The log as saved, validated field by field (pydantic), so a damaged log is named, not half-read."""
+        from pydantic import TypeAdapter, ValidationError
+
+        try:
+            return TypeAdapter(cls).validate_python(raw)
+        except ValidationError as exc:
+            raise ValueError(f"{LOG_FILE} is not a training log of this version: {exc.error_count()} problem(s), "
+                             f"first: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
 
 
 class Interrupted(VimathError, RuntimeError):
@@ -139,8 +146,11 @@ def load_log(out: Path) -> TrainResult | None:
     path = out / LOG_FILE
     if not path.is_file():
         return None
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    return TrainResult.from_json(raw) if raw.get("completed") else None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return TrainResult.from_json(raw) if isinstance(raw, dict) and raw.get("completed") else None
+    except ValueError as exc:  # JSON or schema: say which file, and how to start over
+        raise ValueError(f"{path}: {exc}. Remove it (or use another --out) to train again.") from None
 
 
 def last_checkpoint(folder: Path) -> Path | None:
