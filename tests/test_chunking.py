@@ -36,7 +36,7 @@ def body(chunk: Chunk) -> str:
 
 
 def test_the_sample_material_is_there() -> None:
-    assert len(LESSON_FILES) == 30
+    assert len(LESSON_FILES) == 40  # 30 lessons, 2 statistics lessons, 8 end-of-chapter review pages
 
 
 def test_every_chunk_of_every_lesson_fits_the_window(chunked, bundled: E5Embeddings) -> None:

@@ -245,7 +245,7 @@ def test_other_embedder_is_refused_and_rebuild_switches_safely(bundled_copy: Set
     index_dir = bundled_copy.index_dir
     before = states_of(bundled_copy)
     count_before = open_index(bundled_copy, create=False, announce=False)[0].count()
-    assert len(before) == 30 and all_complete(before)
+    assert len(before) == 40 and all_complete(before)
 
     assert ingest(lessons_copy, "--index", index_dir, "--embedder", tiny_st_model, "--quiet") == 1
     err = capsys.readouterr().err
