@@ -1,4 +1,4 @@
-"""`python -m rag config | search | ask`."""
+"""`python -m rag config | search | ask | serve | keys`."""
 from __future__ import annotations
 
 import argparse
@@ -104,11 +104,41 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return EXIT_OK if answer.llm_ok else EXIT_LLM
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rag.api.server import serve
+
+    if args.allow_anonymous:
+        args.api_allow_anonymous = True
+    if args.cors_origin:
+        args.api_cors_origins = args.cors_origin
+    serve(settings_from_args(args), args.host, args.port)
+    return EXIT_OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from rag.api.keys import KeyStore
+
+    store = KeyStore(settings_from_args(args).api_keys_file)
+    if args.action == "add":
+        key = store.add(args.name)
+        print(f"Added key {args.name!r} to {store.path}. It is shown only now; give it to the client:\n\n{key}\n")
+    elif args.action == "revoke":
+        store.revoke(args.name)
+        print(f"Revoked key {args.name!r}; running servers refuse it from their next request.")
+    else:
+        keys = store.keys()
+        if not keys:
+            print(f"No API keys in {store.path}.")
+        for key in keys:
+            print(f"{key.name:24} {key.hint}…  created {key.created_at}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rag", description="vimath-tutor: search and answer over the lesson index.")
     sub = parser.add_subparsers(dest="command", required=True)
     config = sub.add_parser("config", help="print the effective settings and where each came from")
-    add_settings_args(config, *[n for n in Settings.model_fields if n not in {"index_dir", "embedder", "chroma_host", "chroma_port", "collection", "teacher_password"}])
+    add_settings_args(config, *[n for n in Settings.model_fields if n not in {"index_dir", "embedder", "chroma_host", "chroma_port", "collection", "teacher_password", "api_cors_origins"}])
     config.set_defaults(run=cmd_config)
     search = sub.add_parser("search", help="print the chunks closest to a question")
     search.add_argument("query", nargs="?", default="", help="the question (Vietnamese)")
@@ -125,11 +155,29 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print the answer record as JSON")
     add_settings_args(ask, "retrieval_method", "ollama_url", "ollama_model", "temperature", "num_ctx", "min_score", "llm_timeout_s")
     ask.set_defaults(run=cmd_ask)
+    serve = sub.add_parser("serve", help="run the HTTP API (FastAPI + uvicorn; docs at /docs)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--allow-anonymous", action="store_true", help="no API keys; refused unless --host is loopback")
+    serve.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="a browser origin allowed to call the API (repeat)")
+    serve.add_argument("--keys", dest="api_keys_file", type=Path, default=None, metavar="FILE", help="API keys file")
+    add_settings_args(serve, "retrieval_method", "ollama_url", "ollama_model", "temperature", "num_ctx", "min_score",
+                      "llm_timeout_s", "database_url", "api_rate_limit_per_minute", "api_generation_slots",
+                      "api_generation_queue", "api_queue_timeout_s", "api_max_body_bytes")
+    serve.set_defaults(run=cmd_serve, api_allow_anonymous=None, api_cors_origins=None)
+    keys = sub.add_parser("keys", help="add, list or revoke API keys (stored hashed)")
+    keys.add_argument("action", choices=["add", "list", "revoke"])
+    keys.add_argument("name", nargs="?", help="the key's name (add, revoke), e.g. moodle or zalo-bot")
+    keys.add_argument("--keys", dest="api_keys_file", type=Path, default=None, metavar="FILE", help="API keys file")
+    keys.set_defaults(run=cmd_keys)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "keys" and args.action != "list" and not args.name:
+        parser.error(f"keys {args.action} needs a NAME")
     try:
         return args.run(args)
     except (VimathError, FileNotFoundError) as exc:

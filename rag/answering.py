@@ -231,15 +231,33 @@ class AnswerStream:
         self.tutor, self.history, self.k, self.filters = tutor, history, k, filters
         settings = tutor.settings
         self.answer = Answer(question=question, standalone_question=question, model=settings.ollama_model, prompt_version=tutor_version())
+        self._started: float | None = None
+        self._budget: Budget | None = None
+
+    @property
+    def needs_llm_to_prepare(self) -> bool:
+        """Whether `prepare` asks the LLM too (a follow-up is condensed first), so a server can run it where LLM calls are bounded."""
+        return bool(self.history)
+
+    def prepare(self) -> bool:
+        """Condense, retrieve, guard and fit the context, once; True when the LLM has an answer to write.
+
+        Separate from the iteration so that a server can show the retrieved chunks at once and retrieve on other
+        threads than those that wait for generation; iterating calls it when nobody did."""
+        if self._started is None:
+            self._started = time.perf_counter()
+            self._budget = self._prepare(self._started)
+        return self._budget is not None
 
     def __iter__(self) -> Iterator[str]:
-        started = time.perf_counter()
         try:
-            yield from self._run(started)
+            if self.prepare() and self._budget is not None and self._started is not None:
+                yield from self._generate(self._started, self._budget)
         finally:
-            self.answer.timings.total_s = time.perf_counter() - started
+            if self._started is not None:
+                self.answer.timings.total_s = time.perf_counter() - self._started
 
-    def _run(self, started: float) -> Iterator[str]:
+    def _prepare(self, started: float) -> Budget | None:
         tutor, answer, settings = self.tutor, self.answer, self.tutor.settings
         answer.standalone_question, failure = tutor.condense(answer.question, self.history)
         answer.retrieved = tutor.searcher.search(answer.standalone_question, self.k, filters=self.filters)
@@ -247,16 +265,16 @@ class AnswerStream:
         # max, not the first: hybrid and BM25 order by their own scores, while `score` is always the dense cosine
         if not answer.retrieved or max(h.score for h in answer.retrieved) < settings.min_score:
             answer.status, answer.notice = AnswerStatus.NOT_COVERED, NOT_COVERED
-            return
+            return None
         if failure in {Failure.UNREACHABLE, Failure.MODEL_MISSING}:
             answer.status, answer.notice = AnswerStatus.of(failure), failure_message(failure, settings)
-            return
+            return None
         budget = fit_budget(answer.question, answer.retrieved, self.history, settings)
         if budget.chunks == 0:
             answer.status, answer.notice = AnswerStatus.LLM_ERROR, CONTEXT_TOO_SMALL.format(num_ctx=settings.num_ctx)
-            return
+            return None
         answer.context_size, answer.num_ctx, answer.history_turns_used = budget.chunks, budget.num_ctx, budget.turns
-        yield from self._generate(started, budget)
+        return budget
 
     def _generate(self, started: float, budget: Budget) -> Iterator[str]:
         answer, settings = self.answer, self.tutor.settings

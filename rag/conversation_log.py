@@ -41,6 +41,9 @@ class ExchangeRecord(Base):
     timings: Mapped[dict[str, Any]] = mapped_column(sa.JSON())
     details: Mapped[dict[str, Any]] = mapped_column(sa.JSON())
     best_score: Mapped[float | None] = mapped_column(sa.Float(), index=True)
+    # Who asked: None for the Streamlit chat, the API key's name (never the key) for the HTTP API.
+    # Added after the first release: ConversationLog adds the column to older databases.
+    client: Mapped[str | None] = mapped_column(sa.String(100), nullable=True, default=None)
     chunks: Mapped[list[RetrievedChunkRecord]] = relationship(
         back_populates="exchange", order_by="RetrievedChunkRecord.rank", cascade="all, delete-orphan")
     feedback: Mapped[FeedbackRecord | None] = relationship(back_populates="exchange", cascade="all, delete-orphan")
@@ -103,6 +106,7 @@ class ExchangeRow:
     comment: str | None
     timings: dict[str, Any] = field(default_factory=dict)
     chunks: tuple[LoggedChunk, ...] = ()
+    client: str | None = None
 
     @property
     def cited_sources(self) -> list[str]:
@@ -136,21 +140,48 @@ def _row(record: ExchangeRecord) -> ExchangeRow:
         rating=feedback.rating if feedback else None, comment=feedback.comment if feedback else None,
         timings=dict(record.timings or {}),
         chunks=tuple(LoggedChunk(c.rank, c.chunk_id, c.source, c.heading, c.score, c.cited) for c in record.chunks),
+        client=record.client,
     )
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Add the nullable columns a newer version declares to a log made by an older one (no migration tool needed:
+    the log only ever gains nullable columns)."""
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+
+
+def _create_schema(engine: sa.Engine, attempts: int = 3) -> None:
+    """Create or upgrade the tables. Several processes (API workers, the chat) may start at once on one PostgreSQL
+    database: the loser of a CREATE/ALTER race gets an error, and simply looks again."""
+    for attempt in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            _add_missing_columns(engine)
+            return
+        except sa.exc.DBAPIError:
+            if attempt == attempts - 1:
+                raise
 
 
 class ConversationLog:
     """Records exchanges and feedback, and answers the teacher page's questions about them."""
 
     def __init__(self, url: str) -> None:
-        self.engine = sa.create_engine(url)
-        Base.metadata.create_all(self.engine)
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        _create_schema(self.engine)
 
-    def record(self, conversation_id: str, answer: Answer) -> int:
-        """Store an answer with its retrieved chunks; returns the exchange id."""
+    def record(self, conversation_id: str, answer: Answer, client: str | None = None) -> int:
+        """Store an answer with its retrieved chunks and who asked (an API key's name); returns the exchange id."""
         cited = set(answer.cited)
         exchange = ExchangeRecord(
-            conversation_id=conversation_id, created_at=utcnow(), question=answer.question,
+            conversation_id=conversation_id, created_at=utcnow(), client=client, question=answer.question,
             standalone_question=answer.standalone_question, answer_text=answer.text, status=answer.status,
             notice=answer.notice, model=answer.model, prompt_version=answer.prompt_version,
             timings=asdict(answer.timings),
