@@ -251,7 +251,8 @@ class AnswerStream:
 
     def __iter__(self) -> Iterator[str]:
         try:
-            if self.prepare() and self._budget is not None and self._started is not None:
+            if self.prepare():
+                assert self._budget is not None and self._started is not None
                 yield from self._generate(self._started, self._budget)
         finally:
             if self._started is not None:

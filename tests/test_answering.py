@@ -199,3 +199,15 @@ def test_ask_cli_json_record(fake, sample_index, capsys):
     assert main(["ask", "Khi nào hàm số đồng biến?", "--index", str(sample_index.index_dir), "--ollama-url", f"http://127.0.0.1:{free_port()}"]) == 3
     out = capsys.readouterr().out
     assert "Không kết nối được tới Ollama" in out and "[1] lop" in out
+
+
+def test_prepare_retrieves_once_before_the_generation(fake):
+    t, ranker = tutor(fake.url)
+    stream = t.stream("Khi nào hàm số đồng biến?")
+    assert stream.prepare() is True and len(stream.answer.retrieved) == 3 and not chat_requests(fake)
+    assert stream.prepare() is True and len(ranker.queries) == 1  # a second call changes nothing
+    text = "".join(stream)
+    assert text and stream.answer.text == text and len(ranker.queries) == 1 and len(chat_requests(fake)) == 1
+    assert stream.answer.timings.total_s >= stream.answer.timings.retrieval_s > 0
+    covered = tutor(fake.url, min_score=0.99)[0].stream("Khi nào hàm số đồng biến?")
+    assert covered.prepare() is False and list(covered) == [] and covered.answer.status == "not_covered"

@@ -29,6 +29,7 @@ def as_postgres(args: list[str]) -> list[str]:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver is an extra: pip install -e .[postgres]")
     # Its own folder under /tmp: pytest's folders are private to root, and the server may run as `postgres`.
     folder = Path(tempfile.mkdtemp(prefix="vimath-pg-"))
     if os.geteuid() == 0:

@@ -44,7 +44,11 @@ class AnswerJob:
         return self.stream.answer
 
     async def _take_slot(self) -> None:
-        await self.service.gate.acquire()
+        try:
+            await self.service.gate.acquire()
+        except ApiError as exc:  # logged as such, not as an empty "ok" answer
+            self.answer.status, self.answer.notice = exc.code, exc.message
+            raise
         self._holds_slot = True
 
     def _hand_over_slot(self, future: asyncio.Future[object]) -> None:

@@ -103,6 +103,7 @@ class TutorService:
         return self.index.count() if self.index is not None else None
 
     def close(self) -> None:
-        for pool in (self.retrieval_pool, self.generation_pool, self.log_pool):
+        for pool in (self.retrieval_pool, self.generation_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        self.log_pool.shutdown(wait=True)  # exchanges still being written are kept
         self.log.close()

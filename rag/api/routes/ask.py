@@ -47,7 +47,6 @@ async def _events(svc: TutorService, body: AskRequest, client: str) -> AsyncIter
             async for delta in job.deltas():
                 yield event("delta", {"text": delta})
         except ApiError as exc:  # no slot freed up in time: the retrieval above is still worth showing
-            answer.status, answer.notice = exc.code, exc.message
             yield event("error", exc.body())
         failed = failure_status(answer.status)
         if failed is not None:
