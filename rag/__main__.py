@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rag", description="vimath-tutor: search and answer over the lesson index.")
     sub = parser.add_subparsers(dest="command", required=True)
     config = sub.add_parser("config", help="print the effective settings and where each came from")
-    add_settings_args(config, *[n for n in Settings.model_fields if n not in {"index_dir", "embedder", "chroma_host", "chroma_port", "collection", "teacher_password", "api_cors_origins"}])
+    not_flags = {"index_dir", "embedder", "chroma_host", "chroma_port", "collection", "teacher_password", "api_cors_origins"}
+    add_settings_args(config, *[n for n in Settings.model_fields if n not in not_flags])
     config.set_defaults(run=cmd_config)
     search = sub.add_parser("search", help="print the chunks closest to a question")
     search.add_argument("query", nargs="?", default="", help="the question (Vietnamese)")

@@ -156,6 +156,9 @@ def test_keys_are_required_checked_and_revocable(tmp_path, fake, keyed):
         other = store.add("zalo-bot")
         models = client.get("/v1/models", headers=bearer(other))
         assert client.get("/healthz").status_code == 200
+        paths = client.get("/openapi.json").json()["paths"]
+        assert client.get("/docs").status_code == 200
+    assert {"/v1/search", "/v1/ask", "/v1/chat/completions", "/v1/models", "/healthz", "/readyz"} <= set(paths)
     assert ok.status_code == 200
     for response, code in ((missing, "missing_api_key"), (wrong, "invalid_api_key"), (basic, "missing_api_key"),
                            (revoked, "invalid_api_key")):

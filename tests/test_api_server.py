@@ -18,6 +18,7 @@ from api_testing import CITING_REPLY, LiveServer, api_settings, make_app, sse_ev
 from conftest import REPO, stop_process
 from fake_ollama import FakeOllama, free_port
 
+from rag.__main__ import main as rag_main
 from rag.api.keys import KeyStore
 from rag.conversation_log import ConversationLog
 
@@ -161,21 +162,17 @@ def tiny_index(tmp_path: Path, lessons_copy: Path, tiny_st_model: Path) -> Path:
     return index
 
 
-def run_rag(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "rag", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.slow
-def test_serve_process_answers_the_openai_client(tmp_path, fake, tiny_index):
+@pytest.mark.slow  # a process that imports torch, chromadb and uvicorn: tens of seconds on a busy machine
+def test_serve_process_answers_the_openai_client(tmp_path, fake, tiny_index, capsys, monkeypatch):
     fake.reply = lambda messages, options: "Theo tài liệu [1], xem thêm [2]."
+    monkeypatch.chdir(tmp_path)
     keys = tmp_path / "keys.json"
-    refused = run_rag("serve", "--keys", str(keys), "--index", str(tiny_index), cwd=tmp_path)
-    assert refused.returncode == 1 and "python -m rag keys add" in refused.stderr
-    added = run_rag("keys", "add", "moodle", "--keys", str(keys), cwd=tmp_path)
-    key = added.stdout.split()[-1]
-    assert added.returncode == 0 and key.startswith("vmt_") and key not in keys.read_text()
-    assert "moodle" in run_rag("keys", "list", "--keys", str(keys), cwd=tmp_path).stdout
+    assert rag_main(["serve", "--keys", str(keys), "--index", str(tiny_index)]) == 1
+    assert "python -m rag keys add" in capsys.readouterr().err
+    assert rag_main(["keys", "add", "moodle", "--keys", str(keys)]) == 0
+    key = capsys.readouterr().out.split()[-1]
+    assert key.startswith("vmt_") and key not in keys.read_text()
+    assert rag_main(["keys", "list", "--keys", str(keys)]) == 0 and "moodle" in capsys.readouterr().out
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rag", "serve", "--port", str(port), "--keys", str(keys),

@@ -9,10 +9,9 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Sequence
 
-from rag.answering import Answer, AnswerStream, Turn
+from rag.answering import Answer, AnswerStatus, AnswerStream, Turn
 from rag.api.errors import ApiError
 from rag.api.service import TutorService
-from rag.llm import Failure
 from rag.retrieval import Filters
 
 log = logging.getLogger("rag.api")
@@ -38,6 +37,7 @@ class AnswerJob:
         self._producer: asyncio.Future[None] | None = None
         self._cancelled = threading.Event()
         self._recorded = False
+        self.refused = False  # no generation slot freed up: nothing was answered, nothing is logged
 
     @property
     def answer(self) -> Answer:
@@ -46,8 +46,8 @@ class AnswerJob:
     async def _take_slot(self) -> None:
         try:
             await self.service.gate.acquire()
-        except ApiError as exc:  # logged as such, not as an empty "ok" answer
-            self.answer.status, self.answer.notice = exc.code, exc.message
+        except ApiError:
+            self.refused = True
             raise
         self._holds_slot = True
 
@@ -101,7 +101,7 @@ class AnswerJob:
                 # The client left: stop the LLM and keep what was written, marked as interrupted.
                 iterator.close()
                 self.answer.text = "".join(parts)
-                self.answer.status, self.answer.notice = Failure.INTERRUPTED.value, CLIENT_GONE
+                self.answer.status, self.answer.notice = AnswerStatus.INTERRUPTED, CLIENT_GONE
             except BaseException as exc:  # handed to the event loop, which turns it into a JSON error
                 put(_Raised(exc))
             finally:
@@ -137,7 +137,7 @@ class AnswerJob:
         if self._holds_slot:
             self._holds_slot = False
             self.service.gate.release()
-        if self._recorded or not self.answer.retrieved and not self.answer.text:
+        if self._recorded or self.refused or not self.answer.retrieved and not self.answer.text:
             return
         self._recorded = True
         pool = self.service.log_pool
@@ -160,19 +160,23 @@ async def answer_job(service: TutorService, question: str, history: Sequence[Tur
             job.finish()
 
 
-def failure_status(status: str) -> tuple[int, str] | None:
-    """The HTTP status and message of an answer whose LLM failed, None for a normal answer."""
-    statuses = {Failure.UNREACHABLE.value: (503, "The LLM server cannot be reached"),
-                Failure.MODEL_MISSING.value: (503, "The LLM server does not have the configured model"),
-                Failure.TIMEOUT.value: (504, "The LLM did not answer in time"),
-                Failure.INTERRUPTED.value: (502, "The LLM stopped in the middle of the answer"),
-                Failure.ERROR.value: (502, "The LLM failed")}
-    return statuses.get(status)
+_FAILURES = {AnswerStatus.LLM_UNREACHABLE: (503, "The LLM server cannot be reached"),
+             AnswerStatus.MODEL_MISSING: (503, "The LLM server does not have the configured model"),
+             AnswerStatus.TIMEOUT: (504, "The LLM did not answer in time"),
+             AnswerStatus.INTERRUPTED: (502, "The answer stopped in the middle"),
+             AnswerStatus.LLM_ERROR: (502, "The LLM failed")}
+
+
+def failure_error(answer: Answer, extra: dict[str, object] | None = None) -> ApiError | None:
+    """The error of an answer whose LLM failed (what was retrieved can travel in `extra`), None for a normal answer."""
+    status = AnswerStatus(answer.status)
+    if status not in _FAILURES:
+        return None
+    code, summary = _FAILURES[status]
+    return ApiError(code, status.value, f"{summary}. {answer.notice}".strip(), extra=extra)
 
 
 def raise_for_failure(answer: Answer, extra: dict[str, object]) -> None:
-    """Raise the ApiError of a failed answer (the retrieval is still in `extra` for the client to show)."""
-    failed = failure_status(answer.status)
-    if failed is not None:
-        status, summary = failed
-        raise ApiError(status, answer.status, f"{summary}. {answer.notice}".strip(), extra=extra)
+    error = failure_error(answer, extra)
+    if error is not None:
+        raise error

@@ -52,6 +52,7 @@ class TutorService:
     log: ConversationLog
     index: LessonIndex | None = None
     embeddings: E5Embeddings | None = None
+    ranker: LockedRanker = field(init=False)
     gate: GenerationGate = field(init=False)
     retrieval_pool: ThreadPoolExecutor = field(init=False)
     generation_pool: ThreadPoolExecutor = field(init=False)
@@ -60,6 +61,8 @@ class TutorService:
 
     def __post_init__(self) -> None:
         s = self.settings
+        assert isinstance(self.searcher.ranker, LockedRanker), "build the service with open() or over()"
+        self.ranker = self.searcher.ranker
         self.gate = GenerationGate(s.api_generation_slots, s.api_generation_queue, s.api_queue_timeout_s)
         self.retrieval_pool = ThreadPoolExecutor(s.api_retrieval_workers, thread_name_prefix="vimath-retrieval")
         # One thread per slot: the gate never lets more generations start than there are threads.
@@ -100,7 +103,10 @@ class TutorService:
 
     def index_size(self) -> int | None:
         """How many chunks the index holds (None when the service was built over a bare ranker)."""
-        return self.index.count() if self.index is not None else None
+        if self.index is None:
+            return None
+        with self.ranker.lock:  # the same Chroma client the rankers use
+            return self.index.count()
 
     def close(self) -> None:
         for pool in (self.retrieval_pool, self.generation_pool):

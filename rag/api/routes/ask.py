@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from rag.answering import Turn
 from rag.api.deps import caller, check_question, service
-from rag.api.errors import ApiError, error_body
-from rag.api.jobs import AnswerJob, answer_job, failure_status, raise_for_failure
+from rag.api.errors import ApiError
+from rag.api.jobs import AnswerJob, answer_job, failure_error, raise_for_failure
 from rag.api.schemas import AskRequest, AskResponse
 from rag.api.service import TutorService
 from rag.api.sse import committed_stream, event
@@ -46,11 +46,12 @@ async def _events(svc: TutorService, body: AskRequest, client: str) -> AsyncIter
         try:
             async for delta in job.deltas():
                 yield event("delta", {"text": delta})
-        except ApiError as exc:  # no slot freed up in time: the retrieval above is still worth showing
+        except ApiError as exc:  # no slot freed up in time: the retrieval above is still shown, nothing is logged
             yield event("error", exc.body())
-        failed = failure_status(answer.status)
+            return
+        failed = failure_error(answer)
         if failed is not None:
-            yield event("error", error_body(answer.status, f"{failed[1]}. {answer.notice}", failed[0]))
+            yield event("error", failed.body())
         await job.record()
         yield event("done", final_record(job))
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from rag.api.deps import caller, check_question, service
-from rag.api.errors import ApiError, error_body
-from rag.api.jobs import answer_job, failure_status, raise_for_failure
+from rag.api.errors import ApiError
+from rag.api.jobs import answer_job, failure_error, raise_for_failure
 from rag.api.openai_format import CompletionIds, conversation, tail_text, usage, vimath_extra
 from rag.api.schemas import ChatCompletionRequest
 from rag.api.service import TutorService
@@ -66,9 +66,9 @@ async def _frames(svc: TutorService, body: ChatCompletionRequest, client: str, c
         tail = tail_text(answer)
         if tail:
             yield event(None, ids.chunk({"content": tail.lstrip("\n") if first is None else tail}))
-        failed = failure_status(answer.status)
+        failed = failure_error(answer)
         if failed is not None:  # broke off midway: OpenAI clients raise on an `error` event
-            yield event(None, error_body(answer.status, f"{failed[1]}. {answer.notice}", failed[0]))
+            yield event(None, failed.body())
             return
         yield event(None, ids.chunk({}, "stop", vimath=vimath_extra(answer, job.conversation_id, job.exchange_id)))
         if body.stream_options is not None and body.stream_options.include_usage:
