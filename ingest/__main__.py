@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except VimathError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_NOTHING
+    if index.set_aside is not None:
+        print(f"The damaged index was moved to {index.set_aside}/ (delete it once the new index works); building a new one.",
+              file=sys.stderr)
     bar = tqdm(total=0, unit="chunk", desc="Embedding", disable=args.quiet, file=sys.stderr)
     job = IngestJob(index, embeddings)
     try:

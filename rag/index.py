@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any, Sequence
 
 import chromadb
 import numpy as np
+from chromadb.api.shared_system_client import SharedSystemClient
 from chromadb.config import Settings as ChromaSettings
+from chromadb.errors import ChromaError
 
 from rag.embeddings import EmbedderIdentity
 from rag.errors import VimathError
@@ -15,6 +19,9 @@ from rag.schema import CHUNK_HASH, CHUNK_INDEX, FILE_CHUNKS, FILE_HASH, HEADING_
 from rag.settings import Settings
 
 STAGING_SUFFIX = "__rebuild"
+REBUILD_COMMAND = "python -m ingest data/lessons --rebuild"
+# SQLite's own words for a file that is not (or no longer) a database: SQLITE_NOTADB (26) and SQLITE_CORRUPT (11).
+_DAMAGE_SIGNS = ("file is not a database", "database disk image is malformed", "(code: 26)", "(code: 11)")
 _PAGE = 2000  # rows per `get` call, well under Chroma's batch limit
 
 
@@ -24,6 +31,14 @@ class IndexMismatch(VimathError, RuntimeError):
 
 class IndexMissing(VimathError, RuntimeError):
     """No index where one was expected."""
+
+
+class IndexDamaged(VimathError, RuntimeError):
+    """The embedded index's files cannot be read (e.g. a damaged chroma.sqlite3)."""
+
+    def __init__(self, message: str, folder: Path | None = None) -> None:
+        super().__init__(message)
+        self.folder = folder
 
 
 @dataclass(frozen=True)
@@ -93,12 +108,53 @@ class SourceState:
 
 
 def make_client(settings: Settings) -> chromadb.ClientAPI:
-    """A Chroma server client when a host is set, else the embedded store in the index folder."""
+    """A Chroma server client when a host is set, else the embedded store in the index folder.
+
+    Raises IndexDamaged when the embedded store's database cannot be read.
+    """
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
     if settings.chroma_host:
         return chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings)
     settings.index_dir.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(settings.index_dir), settings=chroma_settings)
+    path = str(settings.index_dir)
+    try:
+        client = chromadb.PersistentClient(path=path, settings=chroma_settings)
+        client.list_collections()  # reads the database: damage past its header shows here, not on open
+        return client
+    except ChromaError as exc:
+        # chromadb caches the half-started store of this path: left there, every later client in this process fails
+        # with "'RustBindingsAPI' object has no attribute 'bindings'", even after the index is rebuilt.
+        _forget_store(path)
+        if any(sign in str(exc) for sign in _DAMAGE_SIGNS):
+            raise IndexDamaged(
+                f"The index at {settings.index_dir}/ is damaged ({exc}); rebuild it: {REBUILD_COMMAND}"
+                f"{'' if _is_default_index(settings) else f' --index {settings.index_dir}'}",
+                folder=settings.index_dir) from exc
+        raise
+
+
+def _forget_store(path: str) -> None:
+    """Drop chromadb's process-wide cached store for `path` (private API; best effort)."""
+    with SharedSystemClient._refcount_lock:
+        SharedSystemClient._identifier_to_system.pop(path, None)
+        SharedSystemClient._identifier_to_refcount.pop(path, None)
+
+
+def _is_default_index(settings: Settings) -> bool:
+    return settings.index_dir == type(settings).model_fields["index_dir"].default
+
+
+def set_aside_damaged(folder: Path) -> Path:
+    """Rename a damaged index folder to `<name>.damaged-<time>` next to it (never deleted) and return the new path."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = folder.with_name(f"{folder.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.damaged-{stamp}-{n}")
+    _forget_store(str(folder))
+    folder.rename(target)
+    return target
 
 
 def describe_location(settings: Settings) -> str:
@@ -137,6 +193,7 @@ class LessonIndex:
     """A chunk collection with cosine distance that knows which embedder built it."""
 
     def __init__(self, client: chromadb.ClientAPI, name: str, identity: EmbedderIdentity, *, staging: bool = False) -> None:
+        self.set_aside: Path | None = None  # where a damaged index went when --rebuild replaced it
         self.client = client
         self.name = name
         self.identity = identity
@@ -146,13 +203,25 @@ class LessonIndex:
 
     @classmethod
     def open(cls, settings: Settings, identity: EmbedderIdentity, *, rebuild: bool = False, create: bool = True) -> "LessonIndex":
-        """Open (or create) the index for `identity`; refuses one built by another embedder unless rebuilding."""
-        client = make_client(settings)
+        """Open (or create) the index for `identity`; refuses one built by another embedder unless rebuilding.
+
+        Rebuilding a damaged embedded index first moves its folder aside (see `set_aside`), then builds a new one.
+        """
+        set_aside = None
+        try:
+            client = make_client(settings)
+        except IndexDamaged as exc:
+            if not rebuild or exc.folder is None:
+                raise
+            set_aside = set_aside_damaged(exc.folder)
+            client = make_client(settings)
         recorded = recorded_identity(client, settings.collection)
         if rebuild:
             if settings.collection + STAGING_SUFFIX in _collection_names(client):
                 client.delete_collection(settings.collection + STAGING_SUFFIX)
-            return cls(client, settings.collection, identity, staging=recorded is not None)
+            index = cls(client, settings.collection, identity, staging=recorded is not None)
+            index.set_aside = set_aside
+            return index
         if recorded is None and not create:
             raise IndexMissing(f"No index at {describe_location(settings)}. Build one first: python -m ingest data/lessons/")
         if recorded is not None and not same_embedder(recorded, identity):

@@ -12,7 +12,17 @@ from rag.answering import Tutor
 from rag.conversation_log import ConversationLog
 from rag.embedder_loading import EmbedderUnavailable
 from rag.embeddings import E5Embeddings
-from rag.index import Hit, IndexMismatch, IndexMissing, LessonIndex, describe_location, make_client, recorded_identity
+from rag.index import (
+    REBUILD_COMMAND,
+    Hit,
+    IndexDamaged,
+    IndexMismatch,
+    IndexMissing,
+    LessonIndex,
+    describe_location,
+    make_client,
+    recorded_identity,
+)
 from rag.llm import OllamaStatus, ollama_status
 from rag.retrieval import Searcher
 from rag.settings import Settings, load_settings
@@ -80,6 +90,10 @@ def index_problem(exc: Exception, settings: Settings) -> str:
         folder = "" if settings.chroma_host else f" --index {settings.index_dir}"
         return (f"Chưa có chỉ mục tài liệu tại {describe_location(settings)}. Hãy nạp bài học trước bằng lệnh:\n\n"
                 f"```\n{INGEST_COMMAND}{folder}\n```\n\nrồi tải lại trang.")
+    if isinstance(exc, IndexDamaged):
+        folder = "" if exc.folder is None or exc.folder == Settings.model_fields["index_dir"].default else f" --index {exc.folder}"
+        return (f"Chỉ mục tài liệu tại `{exc.folder}` bị hỏng (không đọc được cơ sở dữ liệu của nó). Hãy xây lại bằng lệnh "
+                f"`{REBUILD_COMMAND}{folder}` (chỉ mục cũ được đổi tên và giữ lại), rồi tải lại trang.")
     if isinstance(exc, IndexMismatch):
         return f"Chỉ mục được xây bằng một mô hình nhúng khác với mô hình đang chọn.\n\n```\n{exc}\n```"
     if isinstance(exc, EmbedderUnavailable):
