@@ -2,20 +2,65 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
+
+from rag.errors import VimathError
 
 if TYPE_CHECKING:
     from rag.answering import Answer
 
 FeedbackFilter = Literal["up", "down", "any", "none"]
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_T = TypeVar("_T")
+
+
+class LogUnavailable(VimathError, RuntimeError):
+    """The log database cannot be read or written now (locked, unreachable, full...).
+
+    The message names the database (without its password) and the driver's one-line reason, never the SQL.
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"The conversation log at {where} is unavailable: {reason}. Check that the database is "
+                         "reachable and not held by another program (e.g. an open SQLite browser), then retry.")
+        self.where, self.reason = where, reason
+
+
+def public_url(url: str | sa.URL) -> str:
+    """A database URL as it may be shown: without its password."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(invalid database URL)"
+
+
+def _reason(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's own message (e.g. "database is locked"), first line only: SQLAlchemy's text adds the SQL."""
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Database failures of a ConversationLog method become LogUnavailable; the caller's own mistakes pass through."""
+
+    @functools.wraps(method)
+    def wrapper(self: "ConversationLog", *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except sa.exc.SQLAlchemyError as exc:
+            raise LogUnavailable(public_url(self.engine.url), _reason(exc)) from exc
+
+    return wrapper
 
 
 class Base(DeclarativeBase):
@@ -174,9 +219,18 @@ class ConversationLog:
     """Records exchanges and feedback, and answers the teacher page's questions about them."""
 
     def __init__(self, url: str) -> None:
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        """Connect and create (or upgrade) the tables; raises LogUnavailable when the database cannot be used."""
+        try:
+            self.engine = sa.create_engine(url, pool_pre_ping=True)
+        except (sa.exc.SQLAlchemyError, ImportError) as exc:  # a malformed URL, or a driver that is not installed
+            raise LogUnavailable(public_url(url), str(exc).splitlines()[0]) from exc
+        self._create_tables()
+
+    @_guarded
+    def _create_tables(self) -> None:
         _create_schema(self.engine)
 
+    @_guarded
     def record(self, conversation_id: str, answer: Answer, client: str | None = None) -> int:
         """Store an answer with its retrieved chunks and who asked (an API key's name); returns the exchange id."""
         cited = set(answer.cited)
@@ -199,6 +253,7 @@ class ConversationLog:
             session.flush()
             return exchange.id
 
+    @_guarded
     def feedback(self, exchange_id: int, rating: int, comment: str | None = None) -> None:
         """Set the feedback of an exchange (+1 or -1), replacing an earlier one."""
         if rating not in (1, -1):
@@ -214,6 +269,7 @@ class ConversationLog:
                 exchange.feedback.rating, exchange.feedback.comment = rating, comment
                 exchange.feedback.created_at = utcnow()
 
+    @_guarded
     def exchanges(self, since: datetime | None = None, until: datetime | None = None, feedback: FeedbackFilter | None = None,
                   max_best_score: float | None = None) -> list[ExchangeRow]:
         """Exchanges, newest first: in [since, until), by feedback, and those whose best chunk scored at most max_best_score."""
@@ -235,6 +291,7 @@ class ConversationLog:
             query = query.where(sa.or_(ExchangeRecord.best_score <= max_best_score, ExchangeRecord.best_score.is_(None)))
         return self._rows(query)
 
+    @_guarded
     def questions_citing(self, chunk_id: str) -> list[ExchangeRow]:
         """Exchanges whose answer cited the chunk, newest first."""
         cited = sa.select(RetrievedChunkRecord.exchange_id).where(

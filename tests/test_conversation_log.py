@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import io
+import sqlite3
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
@@ -11,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from rag.answering import Answer, Timings
-from rag.conversation_log import ConversationLog, ExchangeRecord
+from rag.conversation_log import ConversationLog, ExchangeRecord, LogUnavailable
 from rag.index import Hit
 
 
@@ -136,3 +138,37 @@ def test_a_second_log_on_the_same_database_sees_the_data(tmp_path: Path) -> None
     exchange_id = ConversationLog(url).record("c", answer("Câu hỏi"))
     ConversationLog(url).feedback(exchange_id, -1, None)
     assert ConversationLog(url).exchanges(feedback="down")[0].id == exchange_id
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Another connection holds the SQLite file with an exclusive lock: nobody else may read or write it."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_locked_database_raises_log_unavailable_without_sql(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    log = ConversationLog(f"sqlite:///{path}?timeout=0.1")
+    with locked(path):
+        for call in (lambda: log.record("conv", answer("Câu hỏi?")), lambda: log.exchanges(),
+                     lambda: log.questions_citing("c1"), lambda: ConversationLog(f"sqlite:///{path}?timeout=0.1")):
+            with pytest.raises(LogUnavailable) as caught:
+                call()
+            message = str(caught.value)
+            assert "database is locked" in message and str(path) in message
+            assert not any(word in message for word in ("SELECT", "INSERT", "PRAGMA", "[SQL")), message
+    log.record("conv", answer("Sau khi mở khoá"))  # nothing is broken once the lock is gone
+    assert [r.question for r in log.exchanges()] == ["Sau khi mở khoá"]
+    log.close()
+
+
+def test_log_unavailable_hides_the_database_password() -> None:
+    with pytest.raises(LogUnavailable) as caught:
+        ConversationLog("postgresql+nosuchdriver://vimath:s3cret@db.example/log")
+    assert "s3cret" not in str(caught.value) and "db.example" in str(caught.value)

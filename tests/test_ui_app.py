@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,6 +20,7 @@ from rag.answering import NOT_COVERED, Answer
 from rag.conversation_log import ConversationLog
 from rag.index import Hit
 from ui.formatting import latex_to_markdown
+from ui.login_throttle import LoginThrottle
 
 APP = str(ROOT / "ui" / "app.py")
 TEACHER = str(ROOT / "ui" / "teacher.py")
@@ -24,6 +28,7 @@ QUESTION = "Khi nào hàm số đồng biến trên một khoảng?"
 REPLY = r"Hàm số đồng biến trên khoảng \(K\) khi \(f'(x) > 0\) với mọi \(x \in K\) [1]."
 TIMEOUT = 120
 SOURCES = {"01-tinh-don-dieu.md", "04-tiem-can.md", "08-tich-phan.md"}
+TEACHER_PASSWORD = "mật-khẩu đúng"
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +51,24 @@ def env(lesson_index: Path, fake: FakeOllama, tmp_path: Path, monkeypatch: pytes
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """A fresh login throttle per test (it is process-wide) on a clock the test controls."""
+    clock = Clock()
+    monkeypatch.setattr(ui.common, "LOGIN_THROTTLE", LoginThrottle(clock=clock))
+    return clock
 
 
 def chunk_body(index_dir: Path, chunk_id: str) -> str:
@@ -244,29 +267,38 @@ def record_citing(env: dict[str, str], chunk_id: str, question: str, score: floa
     return log_of(env).record("conv", answer)
 
 
-def teacher() -> AppTest:
-    at = AppTest.from_file(TEACHER, default_timeout=TIMEOUT).run()
+def teacher(password: str = TEACHER_PASSWORD) -> AppTest:
+    """The teacher page with a password set (in st.secrets), logged in."""
+    at = AppTest.from_file(TEACHER, default_timeout=TIMEOUT)
+    at.secrets["teacher_password"] = password
+    at.run()
+    login(at, password)
     assert not at.exception, at.exception
+    assert "teacher_password_input" not in [t.key for t in at.text_input], [e.value for e in at.error]
     return at
 
 
-def test_teacher_page_without_password_browses_and_searches_the_index(env: dict[str, str]) -> None:
+def login(at: AppTest, password: str) -> AppTest:
+    at.text_input(key="teacher_password_input").input(password)
+    at.button[0].click().run()
+    return at
+
+
+def test_teacher_page_without_a_password_shows_only_how_to_set_one(env: dict[str, str], lesson_index: Path) -> None:
+    record_citing(env, first_chunk_id(lesson_index), "Câu hỏi riêng tư của học sinh")
+    at = AppTest.from_file(TEACHER, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    [warning] = at.warning
+    for place in ("VIMATH_TEACHER_PASSWORD", "vimath.toml", ".streamlit/secrets.toml", "mật khẩu"):
+        assert place in warning.value
+    assert not (at.tabs or at.selectbox or at.dataframe or at.text_input or at.get("download_button") or at.sidebar.button)
+    shown = "\n".join(str(e.value) for e in (*at.markdown, *at.caption, *at.error, *at.info) if hasattr(e, "value"))
+    assert "Câu hỏi riêng tư" not in shown and "tiem-can" not in shown
+
+
+def test_teacher_page_logged_in_browses_and_searches_the_index(env: dict[str, str]) -> None:
     at = teacher()
     assert "teacher_password_input" not in [t.key for t in at.text_input]
-    sources = at.selectbox(key="browse_source")
-    assert sources.label == "Tệp nguồn" and set(sources.options) == {"Tất cả", *SOURCES}
-    sources.set_value("04-tiem-can.md").run()
-    assert at.selectbox(key="browse_lesson").options[1].startswith("Bài")
-    table = at.dataframe[1].value
-    assert set(table["Tệp"]) == {"04-tiem-can.md"}
-    at.text_input(key="chunk_query").input("tiệm cận đứng").run()
-    assert 0 < len(at.dataframe[1].value) < len(table)
-    at.toggle(key="chunk_semantic").set_value(True).run()
-    assert not at.exception
-    assert "Điểm" in at.dataframe[1].value.columns
-    assert any("điểm 0." in c.value for c in at.caption)
-
-
 def test_teacher_opens_a_chunk_and_sees_the_questions_citing_it(env: dict[str, str], lesson_index: Path) -> None:
     chunk_id = first_chunk_id(lesson_index)
     record_citing(env, chunk_id, "Câu hỏi trích dẫn đoạn này?")
@@ -290,8 +322,8 @@ def test_teacher_log_filters_low_scores_and_exports_csv(env: dict[str, str], les
 
 
 def test_teacher_page_with_a_password_asks_for_it_and_rejects_a_wrong_one(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VIMATH_TEACHER_PASSWORD", "mật-khẩu đúng")
-    at = teacher()
+    monkeypatch.setenv("VIMATH_TEACHER_PASSWORD", TEACHER_PASSWORD)
+    at = AppTest.from_file(TEACHER, default_timeout=TIMEOUT).run()
     password = at.text_input(key="teacher_password_input")
     assert password.label == "Mật khẩu giáo viên" and password.proto.type == password.proto.PASSWORD
     assert len(at.selectbox) == 0 and len(at.dataframe) == 0
@@ -310,3 +342,123 @@ def test_teacher_password_may_come_from_streamlit_secrets(env: dict[str, str]) -
     at.run()
     assert at.text_input(key="teacher_password_input").label == "Mật khẩu giáo viên"
     assert len(at.selectbox) == 0
+
+
+def throttled(at: AppTest) -> bool:
+    return any("Vui lòng đợi" in e.value for e in at.error)
+
+
+def test_wrong_passwords_make_a_session_wait_longer_and_longer(env: dict[str, str], clock: Clock) -> None:
+    at = AppTest.from_file(TEACHER, default_timeout=TIMEOUT)
+    at.secrets["teacher_password"] = TEACHER_PASSWORD
+    at.run()
+    for _ in range(2):  # a couple of typos cost nothing
+        assert [e.value for e in login(at, "sai").error] == ["Mật khẩu không đúng."]
+    assert "Vui lòng đợi 8 giây" in login(at, "sai").error[0].value  # the third: 2^3 s
+    assert throttled(login(at, TEACHER_PASSWORD)) and len(at.selectbox) == 0  # even the right one waits
+    clock.now += 7
+    assert throttled(login(at, TEACHER_PASSWORD)) and len(at.selectbox) == 0
+    clock.now += 2
+    assert "Vui lòng đợi 16 giây" in login(at, "sai").error[0].value  # the fourth wrong one: 2^4 s
+    clock.now += 16
+    login(at, TEACHER_PASSWORD)
+    assert not at.error and at.selectbox(key="browse_source").label == "Tệp nguồn"
+
+
+def test_the_wait_follows_the_client_into_a_new_session(env: dict[str, str], clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    def session(address: str) -> AppTest:
+        monkeypatch.setattr(ui.common, "client_address", lambda: address)
+        at = AppTest.from_file(TEACHER, default_timeout=TIMEOUT)
+        at.secrets["teacher_password"] = TEACHER_PASSWORD
+        return at.run()
+
+    guesser = session("203.0.113.7")
+    for _ in range(3):
+        login(guesser, "đoán mò")
+    second = login(session("203.0.113.7"), TEACHER_PASSWORD)  # a new browser session from the same client
+    assert throttled(second) and len(second.selectbox) == 0
+    other = login(session("198.51.100.2"), TEACHER_PASSWORD)
+    assert not other.error and other.selectbox(key="browse_source").label == "Tệp nguồn"
+
+
+def test_password_check_compares_fixed_length_digests_and_not_at_all_while_waiting(
+        env: dict[str, str], clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = ui.common.hmac.compare_digest
+    monkeypatch.setattr(ui.common.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    at = AppTest.from_file(TEACHER, default_timeout=TIMEOUT)
+    at.secrets["teacher_password"] = TEACHER_PASSWORD
+    at.run()
+    for guess in ("a", "một mật khẩu dài hơn nhiều so với mật khẩu thật"):
+        login(at, guess)
+    assert [tuple(map(len, pair)) for pair in compared] == [(32, 32), (32, 32)]  # the length of a guess changes nothing
+    login(at, "sai")  # the third: now a wait applies
+    login(at, TEACHER_PASSWORD)
+    assert throttled(at) and len(compared) == 3  # refused without being compared
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Another program holds the SQLite log with an exclusive lock."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def no_sql(texts: list[str]) -> None:
+    joined = "\n".join(texts)
+    assert not any(word in joined for word in ("SELECT", "INSERT", "OperationalError", "sqlite3.", "[SQL")), joined
+
+
+def all_texts(at: AppTest) -> list[str]:
+    return [str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "exception")
+            for e in at.get(kind) if isinstance(getattr(e, "value", None), str)]
+
+
+def test_a_locked_log_keeps_the_teacher_page_working_and_says_so(env: dict[str, str], lesson_index: Path,
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "locked.db"
+    monkeypatch.setenv("VIMATH_DATABASE_URL", f"sqlite:///{path}?timeout=0.1")
+    record_citing({"VIMATH_DATABASE_URL": f"sqlite:///{path}"}, first_chunk_id(lesson_index), "Câu hỏi đã ghi")
+    at = teacher()  # the log opens while it is free...
+    with locked(path):  # ...then another program locks it
+        at.selectbox(key="open_chunk").set_value(first_chunk_id(lesson_index)).run()
+        assert not at.exception, at.exception
+        errors = [e.value for e in at.error]
+        assert any("Không dùng được nhật ký hội thoại" in e and "khoá" in e for e in errors), errors
+        assert any("Không dùng được nhật ký hội thoại" in c.value for c in at.caption)  # "questions citing this chunk"
+        assert at.selectbox(key="browse_source").label == "Tệp nguồn"  # the material tab still works
+        no_sql(all_texts(at))
+    at.run()
+    assert not at.error and any("Câu hỏi đã ghi" in set(d.value.get("Câu hỏi", [])) for d in at.dataframe)
+
+
+def test_a_locked_log_does_not_show_sql_in_the_chat(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "locked.db"
+    ConversationLog(f"sqlite:///{path}").close()
+    monkeypatch.setenv("VIMATH_DATABASE_URL", f"sqlite:///{path}?timeout=0.1")
+    with locked(path):
+        at = ask(QUESTION)
+        assert markdowns(at.chat_message[-1])[0] == latex_to_markdown(REPLY)  # the student still gets the answer
+        assert any("không ghi được nhật ký" in c.value for c in at.sidebar.caption)
+        no_sql(all_texts(at))
+
+
+def test_a_damaged_index_says_how_to_rebuild_it_on_every_run(env: dict[str, str], lesson_index: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    damaged = tmp_path / "damaged-index"
+    shutil.copytree(lesson_index, damaged)
+    (damaged / "chroma.sqlite3").write_bytes(b"not a database\n" * 512)
+    monkeypatch.setenv("VIMATH_INDEX_DIR", str(damaged))
+    for _ in range(2):  # the second run must not meet chromadb's half-started store ("no attribute 'bindings'")
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        assert not at.exception
+        [error] = at.main.error
+        assert "bị hỏng" in error.value and f"python -m ingest data/lessons --rebuild --index {damaged}" in error.value
+        assert "bindings" not in error.value and "\n" not in error.value
+    at = teacher()
+    assert any("bị hỏng" in e.value for e in at.error)

@@ -19,9 +19,11 @@ from rag.conversation_log import ConversationLog  # noqa: E402
 from rag.index import Hit  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 from ui.common import (  # noqa: E402
+    LOG_UNAVAILABLE_FOR_STUDENTS,
     IndexResources,
     conversation_log,
     current_settings,
+    log_problem,
     markdown,
     ollama_state,
     render_chunk,
@@ -68,8 +70,9 @@ def history(chat: list[ChatEntry]) -> list[Turn]:
 def open_log(settings: Settings) -> ConversationLog | None:
     try:
         return conversation_log(settings.database_url)
-    except Exception as exc:  # the chat works without a log; the teacher is told in the sidebar
-        st.session_state.log_error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # the chat works without a log; students are told in the sidebar, the details go to the server log
+        log_problem(exc)
+        st.session_state.log_error = LOG_UNAVAILABLE_FOR_STUDENTS
         return None
 
 
@@ -107,7 +110,7 @@ def sidebar(settings: Settings, resources: IndexResources | None) -> tuple[int, 
         show_all = st.toggle(SHOW_ALL_LABEL, key="show_all", help="Dành cho giáo viên: mọi đoạn tìm được, kể cả đoạn không được trích dẫn.")
         st.button("Cuộc trò chuyện mới", on_click=new_conversation, icon=":material/add_comment:", width="stretch")
         if st.session_state.get("log_error"):
-            st.caption(f"Không ghi được nhật ký hội thoại: {st.session_state.log_error}")
+            st.caption(st.session_state.log_error)
     return k, show_all
 
 
@@ -158,8 +161,9 @@ def save_feedback(log: ConversationLog, exchange_id: int) -> None:
     try:
         log.feedback(exchange_id, 1 if choice == 1 else -1, st.session_state.get(f"comment-{exchange_id}", ""))
         st.session_state[f"feedback-saved-{exchange_id}"] = True
-    except Exception as exc:  # a lost vote must not break the chat
-        st.session_state[f"feedback-saved-{exchange_id}"] = f"Không lưu được phản hồi: {exc}"
+    except Exception as exc:  # a lost vote must not break the chat; the details go to the server log
+        log_problem(exc)
+        st.session_state[f"feedback-saved-{exchange_id}"] = "Tạm thời không lưu được phản hồi, em thử lại sau nhé."
 
 
 def render_feedback(log: ConversationLog | None, exchange_id: int | None) -> None:
@@ -205,9 +209,12 @@ def record(log: ConversationLog | None, answer: Answer) -> int | None:
     if log is None:
         return None
     try:
-        return log.record(st.session_state.conversation_id, answer)
-    except Exception as exc:  # the student still gets the answer
-        st.session_state.log_error = f"{type(exc).__name__}: {exc}"
+        exchange_id = log.record(st.session_state.conversation_id, answer)
+        st.session_state.pop("log_error", None)  # writing works (again)
+        return exchange_id
+    except Exception as exc:  # the student still gets the answer; the details go to the server log
+        log_problem(exc)
+        st.session_state.log_error = LOG_UNAVAILABLE_FOR_STUDENTS
         return None
 
 

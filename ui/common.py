@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
 import streamlit as st
 
 from rag.answering import Tutor
-from rag.conversation_log import ConversationLog
+from rag.conversation_log import ConversationLog, LogUnavailable
 from rag.embedder_loading import EmbedderUnavailable
 from rag.embeddings import E5Embeddings
 from rag.index import (
@@ -28,8 +31,11 @@ from rag.retrieval import Searcher
 from rag.settings import Settings, load_settings
 from rag.workspace import embedder_chosen, make_ranker, open_index
 from ui.formatting import latex_to_markdown
+from ui.login_throttle import LoginThrottle
 
 INGEST_COMMAND = "python -m ingest data/lessons"
+LOG_UNAVAILABLE_FOR_STUDENTS = "Tạm thời không ghi được nhật ký hội thoại; câu trả lời vẫn hiển thị bình thường."
+_logger = logging.getLogger("vimath.ui")
 _OLLAMA_TTL_S = 15
 
 
@@ -115,6 +121,22 @@ def conversation_log(url: str) -> ConversationLog:
     return ConversationLog(url)
 
 
+def log_problem(exc: Exception) -> str:
+    """What to tell a teacher, in Vietnamese and without SQL, when the conversation log cannot be used.
+
+    The details go to the server's log for whoever runs it (the database URL there has no password).
+    """
+    _logger.warning("conversation log unavailable: %s", exc if isinstance(exc, LogUnavailable) else type(exc).__name__)
+    if not isinstance(exc, LogUnavailable):
+        return f"Không dùng được nhật ký hội thoại (lỗi {type(exc).__name__}). Hãy thử lại sau ít phút."
+    if "locked" in exc.reason.lower():
+        why = "cơ sở dữ liệu đang bị một chương trình khác khoá"
+    else:
+        why = f"cơ sở dữ liệu báo lỗi: {exc.reason}"
+    return (f"Không dùng được nhật ký hội thoại tại `{exc.where}` ({why}). Hãy thử lại sau ít phút; nếu vẫn lỗi, "
+            "kiểm tra xem có chương trình nào khác đang mở cơ sở dữ liệu này không.")
+
+
 @st.cache_data(ttl=_OLLAMA_TTL_S, show_spinner=False)
 def _ollama_state(url: str, model: str, _settings: Settings) -> OllamaStatus:
     return ollama_status(_settings)
@@ -184,8 +206,39 @@ def teacher_password(settings: Settings) -> str | None:
 
 
 def password_matches(given: str, expected: str) -> bool:
-    """Constant-time comparison, so the time taken says nothing about the password."""
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    """Constant-time comparison of digests, so the time taken says nothing about the password, not even its length."""
+    return hmac.compare_digest(hashlib.sha256(given.encode("utf-8")).digest(), hashlib.sha256(expected.encode("utf-8")).digest())
+
+
+# One store for the whole server process: a new browser session must not start with a clean slate.
+LOGIN_THROTTLE = LoginThrottle()
+
+
+def client_address() -> str:
+    """The remote address of this browser session as Streamlit sees it, or "local".
+
+    Streamlit gives no address for 127.0.0.1 and ::1, which is also what every client looks like behind a reverse proxy
+    on the same machine: they then share one count, the safe side. Forwarded-for headers are not trusted (anyone can
+    send them).
+    """
+    try:
+        return st.context.ip_address or "local"
+    except Exception:  # no request context (a bare script run): count it as local
+        return "local"
+
+
+def login_keys() -> list[str]:
+    """What wrong passwords are counted against: this browser session and its client address."""
+    session = st.session_state.setdefault("login_session", uuid.uuid4().hex)
+    return [f"session:{session}", f"client:{client_address()}"]
+
+
+def wait_text(seconds: float) -> str:
+    """A Vietnamese "wait N seconds/minutes" for a throttled login."""
+    seconds = max(1, math.ceil(seconds))
+    if seconds < 120:
+        return f"{seconds} giây"
+    return f"{(seconds + 59) // 60} phút"
 
 
 def password_tag(expected: str) -> str:

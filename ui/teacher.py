@@ -14,16 +14,19 @@ if _ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 
 from rag.answering import status_label  # noqa: E402
-from rag.conversation_log import ConversationLog, ExchangeRow  # noqa: E402
+from rag.conversation_log import ConversationLog, ExchangeRow, LogUnavailable  # noqa: E402
 from rag.index import Hit  # noqa: E402
 from rag.normalize import nfc  # noqa: E402
 from rag.retrieval import Filters  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 from ui.common import (  # noqa: E402
+    LOGIN_THROTTLE,
     IndexResources,
     chunk_title,
     conversation_log,
     current_settings,
+    log_problem,
+    login_keys,
     markdown,
     password_matches,
     password_tag,
@@ -31,6 +34,7 @@ from ui.common import (  # noqa: E402
     render_chunk,
     teacher_password,
     try_open_resources,
+    wait_text,
 )
 
 ALL = "Tất cả"
@@ -40,18 +44,43 @@ RATING_MARK = {1: "👍", -1: "👎", None: ""}
 _PREVIEW_CHARS = 160
 
 
+NO_PASSWORD = """Trang giáo viên chưa được bật vì chưa đặt mật khẩu giáo viên. Tài liệu đã nạp và nhật ký hỏi đáp \
+của học sinh chỉ hiện ra sau khi đặt mật khẩu bằng **một** trong ba cách sau:
+
+- biến môi trường `VIMATH_TEACHER_PASSWORD` (ví dụ `VIMATH_TEACHER_PASSWORD='mật-khẩu' bash scripts/run.sh`), \
+cần khởi động lại ứng dụng;
+- dòng `teacher_password = "mật-khẩu"` trong tệp `vimath.toml` ở thư mục chạy ứng dụng;
+- dòng `teacher_password = "mật-khẩu"` trong tệp `.streamlit/secrets.toml`.
+
+Sau đó tải lại trang này."""
+
+
 def require_teacher(settings: Settings) -> bool:
-    """True when no password is set or this session logged in; otherwise show the login form."""
+    """True when this session logged in with the teacher password; otherwise the login form (or how to set a password).
+
+    With no password set the page shows nothing of the material or the log: they are private by default.
+    """
     expected = teacher_password(settings)
-    if expected is None or st.session_state.get("teacher_auth") == password_tag(expected):
+    if expected is None:
+        st.warning(NO_PASSWORD, icon=":material/lock:")
+        return False
+    if st.session_state.get("teacher_auth") == password_tag(expected):
         return True
     st.info("Trang này dành cho giáo viên. Vui lòng nhập mật khẩu.", icon=":material/lock:")
     given = st.text_input("Mật khẩu giáo viên", type="password", key="teacher_password_input")
     if st.button("Đăng nhập", type="primary"):
-        if password_matches(given, expected):
+        keys = login_keys()
+        # While a wait applies the password is not even compared: nothing can be learnt by guessing meanwhile.
+        wait = LOGIN_THROTTLE.wait_s(keys)
+        if wait > 0:
+            st.error(f"Đã nhập sai mật khẩu nhiều lần. Vui lòng đợi {wait_text(wait)} rồi thử lại.")
+        elif password_matches(given, expected):
+            LOGIN_THROTTLE.succeeded(keys)
             st.session_state.teacher_auth = password_tag(expected)
             st.rerun()
-        st.error("Mật khẩu không đúng.")
+        else:
+            wait = LOGIN_THROTTLE.failed(keys)
+            st.error("Mật khẩu không đúng." + (f" Vui lòng đợi {wait_text(wait)} trước khi thử lại." if wait > 0 else ""))
     return False
 
 
@@ -120,7 +149,11 @@ def citing_questions(log: ConversationLog | None, hit: Hit) -> None:
     if log is None:
         st.caption("Không mở được nhật ký hội thoại.")
         return
-    rows = log.questions_citing(hit.id)
+    try:
+        rows = log.questions_citing(hit.id)
+    except LogUnavailable as exc:
+        st.caption(log_problem(exc))
+        return
     if not rows:
         st.caption("Chưa có câu trả lời nào trích dẫn đoạn này.")
         return
@@ -173,10 +206,10 @@ def exchange_detail(row: ExchangeRow) -> None:
                       for c in row.chunks], hide_index=True, width="stretch")
 
 
-def log_tab(settings: Settings, log: ConversationLog | None) -> None:
+def log_tab(settings: Settings, log: ConversationLog | None, problem: str | None) -> None:
     """The logged exchanges with filters, details and CSV export."""
     if log is None:
-        st.error(f"Không mở được nhật ký hội thoại tại `{settings.database_url}`.")
+        st.error(problem or "Không mở được nhật ký hội thoại.")
         return
     today = date.today()
     first, second, third = st.columns(3)
@@ -186,7 +219,11 @@ def log_tab(settings: Settings, log: ConversationLog | None) -> None:
                        help="Câu hỏi mà tài liệu chưa bao quát tốt: đoạn gần nhất có điểm không quá ngưỡng.")
     threshold = st.slider("Ngưỡng điểm cao nhất", 0.0, 1.0, float(settings.min_score), 0.01, key="log_threshold") if low else None
     since, until = day_bounds(period)
-    rows = log.exchanges(since=since, until=until, feedback=FEEDBACK_CHOICES[feedback], max_best_score=threshold)
+    try:
+        rows = log.exchanges(since=since, until=until, feedback=FEEDBACK_CHOICES[feedback], max_best_score=threshold)
+    except LogUnavailable as exc:
+        st.error(log_problem(exc))
+        return
     counts = st.columns(3)
     counts[0].metric("Lượt hỏi", len(rows))
     counts[1].metric("Hài lòng", sum(r.rating == 1 for r in rows))
@@ -204,11 +241,12 @@ def log_tab(settings: Settings, log: ConversationLog | None) -> None:
         exchange_detail(by_id[chosen])
 
 
-def open_log(settings: Settings) -> ConversationLog | None:
+def open_log(settings: Settings) -> tuple[ConversationLog | None, str | None]:
+    """The log, or the Vietnamese message saying why it cannot be used (the material tab works without it)."""
     try:
-        return conversation_log(settings.database_url)
-    except Exception:  # the material tab works without the log; the log tab says so
-        return None
+        return conversation_log(settings.database_url), None
+    except Exception as exc:  # any failure to open the log is explained on its tab, never a crash of the page
+        return None, log_problem(exc)
 
 
 def teacher_page() -> None:
@@ -219,9 +257,8 @@ def teacher_page() -> None:
     with st.sidebar:
         if st.button("Nạp lại chỉ mục", help="Sau khi nạp lại hoặc xây lại tài liệu bằng python -m ingest."):
             reload_resources()
-        if teacher_password(settings) is not None:
-            st.button("Đăng xuất", on_click=logout)
-    log = open_log(settings)
+        st.button("Đăng xuất", on_click=logout)
+    log, log_error = open_log(settings)
     material, history = st.tabs([":material/menu_book: Tài liệu", ":material/history: Nhật ký hỏi đáp"])
     with material:
         resources, problem = try_open_resources(settings)
@@ -230,7 +267,7 @@ def teacher_page() -> None:
         else:
             material_tab(settings, resources, log)
     with history:
-        log_tab(settings, log)
+        log_tab(settings, log, log_error)
 
 
 teacher_page()
