@@ -30,7 +30,7 @@ from rag.llm import OllamaStatus, ollama_status
 from rag.retrieval import Searcher
 from rag.settings import Settings, load_settings
 from rag.workspace import embedder_chosen, make_ranker, open_index
-from ui.formatting import latex_to_markdown
+from ui.formatting import latex_to_markdown, neutralise_images
 from ui.login_throttle import LoginThrottle
 
 INGEST_COMMAND = "python -m ingest data/lessons"
@@ -148,7 +148,7 @@ def ollama_state(settings: Settings) -> OllamaStatus:
 
 
 def markdown(text: str) -> None:
-    """Text from the model, the material or a student, with its formulas rendered and any HTML shown as text."""
+    """Text from the model, the material or a student: formulas rendered, HTML shown as text, no image fetched from a URL."""
     st.markdown(latex_to_markdown(text))
 
 
@@ -190,7 +190,8 @@ def render_chunk(hit: Hit, number: int | None = None, note: str = "", *, scored:
     with st.container(border=True):
         prefix = f"**[{number}]** " if number is not None else ""
         markdown(f"{prefix}**{chunk_title(hit.metadata)}**")
-        st.caption(chunk_caption(hit.metadata, hit.score if scored else None) + (f" · {note}" if note else ""))
+        # The file name and page come from the material too: no image from them either.
+        st.caption(neutralise_images(chunk_caption(hit.metadata, hit.score if scored else None) + (f" · {note}" if note else "")))
         markdown(hit.body)  # the card's title already shows the heading path that heads the chunk's text
 
 
