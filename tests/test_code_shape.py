@@ -9,13 +9,14 @@ import pytest
 from word_backend import WordBackend
 
 from rag.answering import AnswerStatus, status_label
+from rag.conversation_log import LogUnavailable
 from rag.embedder_loading import EmbedderUnavailable
 from rag.embeddings import E5Embeddings
 from rag.errors import VimathError
 from rag.eval.dataset import DatasetError, load_questions, parse_question
 from rag.finetune.card import EvaluationFailed
 from rag.finetune.trainer import Interrupted, load_log
-from rag.index import IndexMismatch, IndexMissing, LessonIndex
+from rag.index import IndexDamaged, IndexMismatch, IndexMissing, LessonIndex
 from rag.llm import Failure
 from rag.loaders import LOADERS, SUFFIXES, LoadError, load
 from rag.ranking import METHODS, RANKERS, check_method, make_ranker
@@ -60,7 +61,8 @@ def test_an_unknown_method_is_refused_with_the_choices() -> None:
         Settings(retrieval_method="fancy")
 
 
-@pytest.mark.parametrize("error", [IndexMissing, IndexMismatch, EmbedderUnavailable, LoadError, DatasetError, Interrupted, EvaluationFailed])
+@pytest.mark.parametrize("error", [IndexMissing, IndexMismatch, IndexDamaged, LogUnavailable, EmbedderUnavailable,
+                                    LoadError, DatasetError, Interrupted, EvaluationFailed])
 def test_expected_errors_share_one_base(error: type[Exception]) -> None:
     assert issubclass(error, VimathError)
 
