@@ -126,18 +126,22 @@ def make_client(settings: Settings) -> chromadb.ClientAPI:
         # with "'RustBindingsAPI' object has no attribute 'bindings'", even after the index is rebuilt.
         _forget_store(path)
         if any(sign in str(exc) for sign in _DAMAGE_SIGNS):
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise IndexDamaged(
-                f"The index at {settings.index_dir}/ is damaged ({exc}); rebuild it: {REBUILD_COMMAND}"
+                f"The index at {settings.index_dir}/ is damaged ({reason}); rebuild it: {REBUILD_COMMAND}"
                 f"{'' if _is_default_index(settings) else f' --index {settings.index_dir}'}",
                 folder=settings.index_dir) from exc
         raise
 
 
 def _forget_store(path: str) -> None:
-    """Drop chromadb's process-wide cached store for `path` (private API; best effort)."""
-    with SharedSystemClient._refcount_lock:
-        SharedSystemClient._identifier_to_system.pop(path, None)
-        SharedSystemClient._identifier_to_refcount.pop(path, None)
+    """Drop chromadb's process-wide cached store for `path` (chromadb 1.5's private attributes; skipped if they change)."""
+    lock = getattr(SharedSystemClient, "_refcount_lock", None)
+    if lock is None:
+        return
+    with lock:
+        for cache in (getattr(SharedSystemClient, "_identifier_to_system", {}), getattr(SharedSystemClient, "_identifier_to_refcount", {})):
+            cache.pop(path, None)
 
 
 def _is_default_index(settings: Settings) -> bool:
