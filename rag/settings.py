@@ -15,6 +15,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from rag.backends import DEFAULT_BACKEND, NAMES, check_backend  # light: imports no engine
 from rag.ranking import DEFAULT_METHOD, METHODS, check_method  # light: imports no ranker
 
 ENV_PREFIX = "VIMATH_"
@@ -29,6 +30,7 @@ class Settings(BaseSettings):
 
     embedder: str = Field("auto", description="auto | bundled | a Hugging Face id | a local model path")
     hub_timeout_s: float = Field(3.0, description="how long `auto` waits for the Hugging Face hub")
+    embed_backend: str = Field(DEFAULT_BACKEND, description="what computes the vectors: " + " | ".join(NAMES) + " (rag.backends)")
     embed_batch_size: int = Field(16, ge=1)
     index_dir: Path = Field(Path("vimath_index"), description="folder of the embedded Chroma index")
     chroma_host: str | None = Field(None, description="Chroma server host; set it to use a server")
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
     api_retrieval_workers: int = Field(4, ge=1, description="threads for retrieval, apart from generation")
     api_model_name: str = Field("vimath-tutor", min_length=1, description="the model name of the OpenAI-compatible endpoint")
     api_require_llm: bool = Field(False, description="/readyz fails while the LLM is unreachable (else retrieval-only is ready)")
+
+    @field_validator("embed_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        return check_backend(value)
 
     @field_validator("retrieval_method")
     @classmethod

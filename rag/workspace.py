@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from rag.embedder_loading import load_embeddings
-from rag.embeddings import E5Embeddings
+from rag.embeddings import E5Embeddings, EmbedderIdentity
 from rag.index import LessonIndex, make_client, recorded_identity
 from rag.ranking import make_ranker as make_method_ranker
 from rag.ranking.base import Ranker
@@ -15,13 +15,21 @@ def embedder_chosen(settings: Settings) -> bool:
     return "embedder" in settings.model_fields_set
 
 
+def embed_backend(settings: Settings, recorded: EmbedderIdentity | None) -> str:
+    """The backend asked for; else the one an index's vectors need (an int8 index needs int8 queries); else auto."""
+    if "embed_backend" in settings.model_fields_set or recorded is None or recorded.variant is None:
+        return settings.embed_backend
+    return recorded.variant
+
+
 def open_index(settings: Settings, *, rebuild: bool = False, create: bool = True, announce: bool = True) -> tuple[LessonIndex, E5Embeddings]:
     """The index and its embedder: the one that built the index unless the user chose one."""
     recorded = None if rebuild else recorded_identity(make_client(settings), settings.collection)
     use_recorded = recorded is not None and not embedder_chosen(settings)
     spec = recorded.spec if use_recorded else settings.embedder
     embeddings = load_embeddings(spec, hub_timeout_s=settings.hub_timeout_s, batch_size=settings.embed_batch_size,
-                                 announce=announce, reason="the embedder that built this index" if use_recorded else None)
+                                 announce=announce, reason="the embedder that built this index" if use_recorded else None,
+                                 backend=embed_backend(settings, recorded))
     return LessonIndex.open(settings, embeddings.identity, rebuild=rebuild, create=create), embeddings
 
 

@@ -57,7 +57,7 @@ def index_key(settings: Settings) -> tuple[Any, ...]:
     """The settings that decide which index, embedder and ranker are opened."""
     where = (settings.chroma_host, settings.chroma_port) if settings.chroma_host else (str(settings.index_dir.resolve()),)
     embedder = settings.embedder if embedder_chosen(settings) else None
-    return (*where, settings.collection, embedder, settings.embed_batch_size, settings.retrieval_method)
+    return (*where, settings.collection, embedder, settings.embed_backend, settings.embed_batch_size, settings.retrieval_method)
 
 
 @st.cache_resource(show_spinner="Đang nạp mô hình nhúng và chỉ mục tài liệu…")

@@ -99,7 +99,8 @@ def slug(identity: EmbedderIdentity) -> str:
 
 def built_index(settings: Settings, spec: str, lessons: Path) -> tuple[LessonIndex, E5Embeddings, str]:
     """The evaluation index of one embedder over `lessons`, brought up to date incrementally."""
-    embeddings = load_embeddings(spec, hub_timeout_s=settings.hub_timeout_s, batch_size=settings.embed_batch_size)
+    embeddings = load_embeddings(spec, hub_timeout_s=settings.hub_timeout_s, batch_size=settings.embed_batch_size,
+                                 backend=settings.embed_backend)
     own = settings.model_copy(update={"index_dir": EVAL_ROOT / slug(embeddings.identity), "chroma_host": None,
                                       "embedder": embeddings.identity.spec})
     index, embeddings = open_index(own, announce=False)

