@@ -91,7 +91,7 @@ def load_embeddings(spec: str, *, hub_timeout_s: float = 3.0, batch_size: int = 
     choice = choose(spec, hub_timeout_s)
     embeddings = _load(choice.spec, choice.local_files_only, batch_size, backend)
     if announce:
-        engine = getattr(embeddings.backend, "engines", getattr(embeddings.backend, "name", backend))
+        engine = getattr(embeddings.backend, "name", backend)
         print(f"Embedder: {embeddings.identity.describe()} via {engine} — {reason or choice.reason}; {HOW_TO_CHOOSE}.",
               file=sys.stderr)
     return embeddings

