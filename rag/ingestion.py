@@ -7,28 +7,37 @@ of documents, which can split one file across batches; this job keeps the unit o
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
+import sys
 import time
+import unicodedata
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
-from rag.chunking import CHUNKER_VERSION, Chunk, ChunkerConfig, chunk_document
+from rag.chunking import CHUNKER_VERSION, Chunk, ChunkerConfig, ChunkingWarning, chunk_document
 from rag.embeddings import E5Embeddings
 from rag.index import LessonIndex
-from rag.loaders import SUFFIXES, LoadError, load
+from rag.loaders import SUFFIXES, LoadError, describe_suffixes, load
 from rag.normalize import nfc
 from rag.schema import ChunkMeta, join_headings
+from rag.settings import Settings
+
+DEFAULT_MAX_FILE_MB: float = Settings.model_fields["max_file_mb"].default
 
 STATUSES = ("added", "updated", "unchanged", "removed", "failed", "skipped")
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file to ingest and the name it is stored under (relative to the folder given)."""
+    """A file to ingest and the name it is stored under (its identity in the index: see `discover`)."""
 
     path: Path
     source: str
@@ -36,10 +45,13 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class Outcome:
+    """What happened to one file (or folder: its source then ends with "/")."""
+
     source: str
     status: str
     chunks: int = 0
     error: str | None = None
+    notes: tuple[str, ...] = ()  # warnings about the file that did not stop it (e.g. an unclosed $$ on line 12)
 
 
 @dataclass
@@ -70,29 +82,119 @@ class PreparedFile:
     file: SourceFile
     fingerprint: str
     chunks: list[Chunk]
+    notes: tuple[str, ...] = ()
 
 
 def discover(paths: Iterable[Path]) -> tuple[list[SourceFile], list[Outcome]]:
-    """Files to ingest under the given folders and files; unsupported files in folders are reported as skipped."""
-    files: list[SourceFile] = []
-    skipped: list[Outcome] = []
-    for root in paths:
-        if not root.exists():
-            raise FileNotFoundError(f"No such file or folder: {root}")
-        if root.is_file():
-            files.append(SourceFile(root, nfc(root.name)))
-            continue
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root))):
-            source = nfc(path.relative_to(root).as_posix())
-            if path.suffix.lower() in SUFFIXES:
-                files.append(SourceFile(path, source))
+    """Files to ingest under the given folders and files, and the outcomes of what was found but cannot be ingested.
+
+    A file's name in the index is its path relative to the deepest folder holding everything given (NFC, "/"): one
+    folder gives names relative to it (`lop10/bai1.md` for `data/lessons/`), `lop10/ lop11/` give `lop10/bai1.md`
+    and `lop11/bai1.md`, a single file its own name. Folders are read recursively; links are followed, but never
+    round a loop. Hidden files and folders (".name") are left out. Reported, never dropped silently: unsupported types,
+    links that are broken or loop (failed for a lesson, skipped for a folder already being read), folders that cannot
+    be read (failed: "name/"), the same file reached twice (skipped), and names that clash once NFC (failed, both
+    named). `IngestJob.run(prune=True)` keeps every stored file that such a failure covers.
+    """
+    roots = [Path(os.path.abspath(p)) for p in paths]
+    for given, root in zip(paths, roots):
+        if not os.path.lexists(root):
+            raise FileNotFoundError(f"No such file or folder: {given}")
+    base = Path(os.path.commonpath([r if r.is_dir() else r.parent for r in roots])) if roots else Path.cwd()
+    walk = _Walk(base)
+    for root in roots:
+        if root.is_dir():
+            walk.folder(root, frozenset())
+        else:
+            walk.entry(root, given=True)
+    return walk.result()
+
+
+class _Walk:
+    """One discovery: walks folders depth-first in name order and names what it finds relative to `base`."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.found: dict[str, list[Path]] = {}  # NFC name → the paths that have it (more than one is a clash)
+        self.real: dict[str, str] = {}  # real path → the name it was first found under
+        self.outcomes: list[Outcome] = []
+
+    def name(self, path: Path) -> str:
+        relative = os.path.relpath(path, self.base)
+        return "." if relative == "." else nfc(Path(relative).as_posix())
+
+    def folder(self, folder: Path, active: frozenset[tuple[int, int]]) -> None:
+        try:
+            status = folder.stat()
+            active = active | {(status.st_dev, status.st_ino)}  # the folders being read: a link back to one is a loop
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            self.outcomes.append(Outcome(f"{self.name(folder)}/", "failed", error=(
+                f"cannot read folder ({exc.strerror or exc}); nothing under it was ingested, and the index keeps "
+                "what it holds from there (also with --prune). Give the ingest user read access")))
+            return
+        for entry in entries:
+            if not entry.name.startswith("."):
+                self.entry(folder / entry.name, active)
+
+    def entry(self, path: Path, active: frozenset[tuple[int, int]] = frozenset(), *, given: bool = False) -> None:
+        name = self.name(path)
+        try:
+            status = path.stat()  # follows links: a broken one raises FileNotFoundError, a loop ELOOP
+        except OSError as exc:
+            if path.is_symlink():
+                problem = "link loop" if exc.errno == errno.ELOOP else f"broken link (to {os.readlink(path)})"
+                self.outcomes.append(Outcome(name, "failed", error=f"{problem}; fix or remove the link"))
             else:
-                skipped.append(Outcome(source, "skipped", error=f"unsupported type {path.suffix or '(none)'}"))
-    return files, skipped
+                self.outcomes.append(Outcome(name, "failed", error=f"cannot read ({exc.strerror or exc})"))
+            return
+        if stat.S_ISDIR(status.st_mode):
+            if (status.st_dev, status.st_ino) in active:
+                self.outcomes.append(Outcome(f"{name}/", "skipped", error="link to a folder that contains it (a loop); not followed"))
+            else:
+                self.folder(path, active)
+        elif not stat.S_ISREG(status.st_mode):
+            self.outcomes.append(Outcome(name, "skipped", error="not a regular file"))
+        elif path.suffix.lower() not in SUFFIXES:  # asked for by name: failed; met in a folder: skipped
+            error = f"unsupported type {path.suffix or '(none)'}" + (f"; use {describe_suffixes()}" if given else "")
+            self.outcomes.append(Outcome(name, "failed" if given else "skipped", error=error))
+        else:
+            real = os.path.realpath(path)
+            first = self.real.setdefault(real, name)
+            if first != name:
+                self.outcomes.append(Outcome(name, "skipped", error=f"same file as {first} (a link); ingested once, as {first}"))
+            elif path not in self.found.setdefault(name, []):
+                self.found[name].append(path)
+
+    def result(self) -> tuple[list[SourceFile], list[Outcome]]:
+        files: list[SourceFile] = []
+        for name, paths in self.found.items():
+            if len(paths) == 1:
+                files.append(SourceFile(paths[0], name))
+                continue
+            named = " and ".join(f"{self.name_as_written(p)} ({_form(p.name)})" for p in paths)
+            self.outcomes.append(Outcome(name, "failed", error=(
+                f"{len(paths)} files have this name once Unicode-normalised (NFC): {named}; rename or remove all but one")))
+        order = lambda source: source.split("/")  # noqa: E731 (the order of Path sorting: folder by folder)
+        return sorted(files, key=lambda f: order(f.source)), sorted(self.outcomes, key=lambda o: order(o.source))
+
+    def name_as_written(self, path: Path) -> str:
+        return Path(os.path.relpath(path, self.base)).as_posix()
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+def _form(name: str) -> str:
+    if name == unicodedata.normalize("NFC", name):
+        return "composed, NFC"
+    return "decomposed, NFD" if name == unicodedata.normalize("NFD", name) else "mixed normalisation"
+
+
+def _covers(failed: Outcome, source: str) -> bool:
+    """Whether a stored `source` is under a failed path (the file itself, or a folder "name/") and so must be kept."""
+    if not failed.source.endswith("/"):
+        return failed.source == source
+    folder = failed.source.rstrip("/")
+    return folder in ("", ".") or source.startswith(f"{folder}/")
 
 
 def fingerprint(text: str, config: ChunkerConfig) -> str:
@@ -122,54 +224,108 @@ def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int) -> Chu
     return meta
 
 
-def prepare_file(file: SourceFile, embeddings: E5Embeddings, config: ChunkerConfig) -> PreparedFile:
-    """Load and chunk one file (raises LoadError)."""
-    doc = load(file.path)
-    chunks = chunk_document(doc, Path(file.source).stem, lambda t: embeddings.count_tokens(t, "passage"), config)
+def prepare_file(file: SourceFile, embeddings: E5Embeddings, config: ChunkerConfig, *,
+                 max_file_mb: float | None = None) -> PreparedFile:
+    """Load and chunk one file (raises LoadError); the chunker's warnings come back as the file's notes."""
+    if max_file_mb is not None:
+        check_size(file.path, max_file_mb)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ChunkingWarning)
+        doc = load(file.path)
+        chunks = chunk_document(doc, Path(file.source).stem, lambda t: embeddings.count_tokens(t, "passage"), config)
+    for other in (w for w in caught if not issubclass(w.category, ChunkingWarning)):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)  # not ours: pass it on
     if not chunks:
         raise LoadError("no text to index")
-    return PreparedFile(file, fingerprint(doc.text, config), chunks)
+    notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ChunkingWarning)))
+    return PreparedFile(file, fingerprint(doc.text, config), chunks, notes)
+
+
+def check_size(path: Path, max_file_mb: float) -> None:
+    """Refuse a file over the size limit before reading it (one huge file must not hold up the others)."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise LoadError(f"cannot read file: {exc.strerror or exc}") from exc
+    if size > max_file_mb * 1024 * 1024:
+        raise LoadError(f"file is {size / 1024 / 1024:.1f} MB, over the {max_file_mb:g} MB limit (setting max_file_mb); "
+                        "split it into lessons, or raise the limit with --max-file-mb or VIMATH_MAX_FILE_MB")
+
+
+FileStarted = Callable[[int, str, "int | None"], None]
+
+
+class FileProgressBar:
+    """A tqdm bar for `IngestJob.run`: the file at hand ("[3/30] lop10/bai1.md") and its chunks embedded so far."""
+
+    def __init__(self, files: int, *, disable: bool | None = False, file: TextIO = sys.stderr) -> None:
+        from tqdm import tqdm
+
+        self.files = files
+        self.bar = tqdm(total=0, unit="chunk", desc="Reading", disable=disable, file=file)
+
+    def on_file(self, number: int, source: str, chunks: int | None) -> None:
+        self.bar.set_description(f"[{number}/{self.files}] {source}" + (" (reading)" if chunks is None else ""), refresh=False)
+        self.bar.reset(total=chunks or 0)
+
+    def update(self, chunks: int) -> None:
+        self.bar.update(chunks)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class IngestJob:
-    """Brings the index in line with a set of lesson files."""
+    """Brings the index in line with a set of lesson files, one file at a time: each file is read, chunked, embedded
+    and written before the next is read, so the index has every finished file at once and memory holds one file."""
 
-    def __init__(self, index: LessonIndex, embeddings: E5Embeddings, config: ChunkerConfig | None = None) -> None:
+    def __init__(self, index: LessonIndex, embeddings: E5Embeddings, config: ChunkerConfig | None = None, *,
+                 max_file_mb: float | None = DEFAULT_MAX_FILE_MB) -> None:
         self.index = index
         self.embeddings = embeddings
         self.config = config or ChunkerConfig(max_tokens=embeddings.identity.max_tokens)
+        self.max_file_mb = max_file_mb
 
     def run(self, files: list[SourceFile], *, prune: bool = False, skipped: Iterable[Outcome] = (),
-            progress: Callable[[int], None] | None = None, on_plan: Callable[[int], None] | None = None) -> IngestReport:
-        """Ingest `files`; `on_plan` gets the number of chunks to embed, `progress` each embedded batch size."""
+            progress: Callable[[int], None] | None = None, on_file: FileStarted | None = None) -> IngestReport:
+        """Ingest `files`, with `skipped` the outcomes `discover` reported (failed paths there are kept by prune).
+
+        `on_file(number, source, chunks)` is called as file `number` (from 1) is read (chunks None) and, if it must
+        be written, again with its chunk count; `progress` then gets each batch of chunks done."""
         started = time.perf_counter()
         report = IngestReport(outcomes=list(skipped))
         states = self.index.source_states()
-        work: list[PreparedFile] = []
-        for file in files:
+        seen: set[str] = set()
+        for number, file in enumerate(files, start=1):
+            if file.source in seen:  # two files under one name would overwrite each other in the index
+                report.outcomes.append(Outcome(file.source, "failed", error=f"another file has the same name ({file.path})"))
+                continue
+            seen.add(file.source)
+            if on_file:
+                on_file(number, file.source, None)
             try:
-                prepared = prepare_file(file, self.embeddings, self.config)
+                prepared = prepare_file(file, self.embeddings, self.config, max_file_mb=self.max_file_mb)
             except LoadError as exc:
                 report.outcomes.append(Outcome(file.source, "failed", error=str(exc)))
                 continue
             state = states.get(file.source)
             if state is not None and state.complete(prepared.fingerprint):
-                report.outcomes.append(Outcome(file.source, "unchanged", len(prepared.chunks)))
-            else:
-                work.append(prepared)
-        if on_plan:
-            on_plan(sum(len(p.chunks) for p in work))
-        for prepared in work:
-            existed = prepared.file.source in states
+                report.outcomes.append(Outcome(file.source, "unchanged", len(prepared.chunks), notes=prepared.notes))
+                continue
+            if on_file:
+                on_file(number, file.source, len(prepared.chunks))
             try:
                 report.embedded += self._replace(prepared, progress)
             except Exception as exc:  # one bad file must not stop the rest; its old version stays intact
-                report.outcomes.append(Outcome(prepared.file.source, "failed", error=f"{type(exc).__name__}: {exc}"))
+                report.outcomes.append(Outcome(file.source, "failed", error=f"{type(exc).__name__}: {exc}", notes=prepared.notes))
                 continue
-            report.outcomes.append(Outcome(prepared.file.source, "updated" if existed else "added", len(prepared.chunks)))
+            status = "updated" if file.source in states else "added"
+            report.outcomes.append(Outcome(file.source, status, len(prepared.chunks), notes=prepared.notes))
         if prune:
-            seen = {f.source for f in files}
+            failed = [o for o in report.outcomes if o.status == "failed"]
             for source in sorted(set(states) - seen):
+                if any(_covers(f, source) for f in failed):
+                    continue  # not seen because it could not be read: removing it would lose a lesson
                 self.index.delete_ids(self.index.ids_of(source))
                 report.outcomes.append(Outcome(source, "removed"))
         if not report.counts()["failed"]:
