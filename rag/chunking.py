@@ -263,8 +263,10 @@ def split_to_fit(text: str, count: TokenCounter, limit: int, level: int = 0) -> 
 def _force_split(text: str, count: TokenCounter, limit: int) -> list[str]:
     """Last resort for one formula or word longer than the window: the window wins, since the embedder would
     otherwise drop the rest silently; a warning says so."""
-    if len(text) <= 1:  # not even one character fits beside the header: never store a shredded lesson
+    if count(text[:1]) > limit:  # not even one character fits beside the header: never store a shredded lesson
         raise LoadError(f"the chunk window ({limit} tokens) leaves no room for the text beside its heading header")
+    if len(text) <= 1:
+        return [text]
     warnings.warn(f"a formula or word longer than {limit} tokens was split: {text[:60]}…", ChunkingWarning, stacklevel=2)
     middle = len(text) // 2
     return [p for half in (text[:middle], text[middle:]) for p in (split_to_fit(half, count, limit, len(_SPLIT_LEVELS)) if count(half) > limit else [half])]

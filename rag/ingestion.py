@@ -96,6 +96,7 @@ def discover(paths: Iterable[Path]) -> tuple[list[SourceFile], list[Outcome]]:
     be read (failed: "name/"), the same file reached twice (skipped), and names that clash once NFC (failed, both
     named). `IngestJob.run(prune=True)` keeps every stored file that such a failure covers.
     """
+    paths = list(paths)
     roots = [Path(os.path.abspath(p)) for p in paths]
     for given, root in zip(paths, roots):
         if not os.path.lexists(root):
