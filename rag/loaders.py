@@ -15,7 +15,7 @@ _LEGACY_FONT_MARKS = set("µ¸¶·¹¨©ª«¬®¾»¼½ÆÇ¦§¥¤")
 # VNI Windows writes a Vietnamese letter as a base letter plus Latin-1 "mark" bytes (đ = ñ, ư = ö, huyền = ø, nặng = ï,
 # hỏi = û...). These are the ones that are no Vietnamese letters, so genuine text has them only in foreign names.
 _VNI_MARKS = set("ñÑöÖøØûÛïÏåÅäÄëËüÜæÆîÎ")
-# Legacy-font text has them in 7–20 % of its letters (the 30 sample lessons converted); genuine text in ~0 %.
+# Legacy-font text has them in 6–20 % of its letters (the 40 sample lessons converted); genuine text in ~0 %.
 _LEGACY_MIN_SHARE = 0.02
 _CONVERT_HINT = "convert it to Unicode (e.g. Unikey's converter: Unikey → Công cụ, source {name}, target Unicode) and save as UTF-8"
 _BOMS = (

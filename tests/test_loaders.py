@@ -208,7 +208,7 @@ def test_vni_encoder_matches_the_vni_table() -> None:
 
 
 def test_every_sample_lesson_in_vni_is_refused_with_the_conversion_hint(tmp_path: Path) -> None:
-    assert len(LESSON_FILES) == 30
+    assert len(LESSON_FILES) == 40
     for lesson in LESSON_FILES:
         text = lesson.read_text(encoding="utf-8")
         with pytest.raises(LoadError, match=r"VNI Windows.*Unikey"):
