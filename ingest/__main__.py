@@ -5,12 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from rag.cli_args import add_settings_args, settings_from_args
 from rag.errors import VimathError
 from rag.index import describe_location
-from rag.ingestion import IngestJob, discover
+from rag.ingestion import FileProgressBar, IngestJob, discover
 from rag.loaders import describe_suffixes
 from rag.workspace import open_index
 
@@ -23,7 +21,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prune", action="store_true", help="remove from the index the files no longer under PATHS")
     parser.add_argument("--rebuild", action="store_true", help="build the index anew (e.g. with another embedder); the old one stays until the new one is complete")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_settings_args(parser)
+    add_settings_args(parser, "max_file_mb")
     return parser.parse_args(argv)
 
 
@@ -36,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_NOTHING
     if not files:
+        for outcome in skipped:
+            print(f"  {outcome.status}: {outcome.source}: {outcome.error}", file=sys.stderr)
         print(f"Error: no lesson files ({describe_suffixes()}) under {', '.join(map(str, args.paths))}.", file=sys.stderr)
         return EXIT_NOTHING
     try:
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if index.set_aside is not None:
         print(f"The damaged index was moved to {index.set_aside}/ (delete it once the new index works); building a new one.",
               file=sys.stderr)
-    bar = tqdm(total=0, unit="chunk", desc="Embedding", disable=args.quiet, file=sys.stderr)
-    job = IngestJob(index, embeddings)
+    bar = FileProgressBar(len(files), disable=args.quiet)
+    job = IngestJob(index, embeddings, max_file_mb=settings.max_file_mb)
     try:
-        report = job.run(files, prune=args.prune, skipped=skipped, progress=bar.update, on_plan=lambda n: bar.reset(total=n))
+        report = job.run(files, prune=args.prune, skipped=skipped, progress=bar.update, on_file=bar.on_file)
     except KeyboardInterrupt:
         bar.close()
         print("\nInterrupted. Files finished so far are in the index; the rest are as before. Run the same command again to finish.", file=sys.stderr)
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in report.outcomes:
         if outcome.status in {"failed", "skipped"}:
             print(f"  {outcome.status}: {outcome.source}: {outcome.error}", file=sys.stderr)
+        for note in outcome.notes:
+            print(f"  warning: {outcome.source}: {note}", file=sys.stderr)
     print(f"Index: {describe_location(settings)}, {index.count()} chunks, embedder {embeddings.identity.describe()}.")
     print(report.summary())
     if report.rebuild_pending:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
               "remove those files and run the same command again.", file=sys.stderr)
     counts = report.counts()
     if counts["failed"]:
-        return EXIT_NOTHING if counts["failed"] == len(files) else EXIT_PARTIAL
+        return EXIT_PARTIAL if counts["added"] + counts["updated"] + counts["unchanged"] else EXIT_NOTHING
     return EXIT_OK
 
 

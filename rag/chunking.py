@@ -8,9 +8,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from rag.loaders import LoadedDocument
+from rag.loaders import LoadedDocument, LoadError
 from rag.normalize import nfc
-from rag.schema import with_header
+from rag.schema import ELLIPSIS, join_headings
 
 CHUNKER_VERSION = "2"  # part of every file fingerprint: a new chunker re-chunks everything once
 
@@ -28,6 +28,13 @@ _SOLUTION = {"giải", "lời giải"}
 _EXAMPLE = re.compile(r"^(ví dụ|bài \d+|hđ|hoạt động)", re.IGNORECASE)
 # Boundaries to split an oversized block at, from the most to the least natural.
 _SPLIT_LEVELS = (re.compile(r"\n\s*\n"), re.compile(r"\n"), re.compile(r"(?<=[.!?;:])\s+"), re.compile(r"\s+"))
+# The heading header may take at most this share of the window (the sample lessons' longest takes 15 %); a longer one,
+# e.g. a paragraph styled as a heading in Word, is shortened so that the body always keeps the rest.
+HEADER_SHARE = 0.5
+
+
+class ChunkingWarning(UserWarning):
+    """Something in a lesson the chunker worked around; the message starts with the line it is about."""
 
 
 @dataclass(frozen=True)
@@ -82,16 +89,71 @@ def math_spans(text: str) -> list[tuple[int, int]]:
 def chunk_document(doc: LoadedDocument, title: str, count_tokens: TokenCounter, config: ChunkerConfig = ChunkerConfig()) -> list[Chunk]:
     """Chunks of one document, in reading order; `count_tokens` counts the embedded text with its prefix."""
     units = _units(_blocks(doc, title))
+    headers = _Headers(count_tokens, int(config.max_tokens * HEADER_SHARE))
     chunks: list[Chunk] = []
-    for headings, page, body in _pack(units, count_tokens, config):
-        chunks.append(Chunk(text=with_header(headings, body), heading_path=headings, ordinal=len(chunks), page=page))
+    for headings, page, body in _pack(units, headers, config):
+        chunks.append(Chunk(text=headers.put(headings, body), heading_path=headings, ordinal=len(chunks), page=page))
     return chunks
+
+
+class _Headers:
+    """The text header of each heading path, fitted to its token budget once (the full path is kept in metadata)."""
+
+    def __init__(self, count: TokenCounter, budget: int) -> None:
+        self.count, self.budget = count, budget
+        self._cache: dict[tuple[str, ...], str] = {}
+
+    def put(self, headings: tuple[str, ...], body: str) -> str:
+        """`body` with its header above it, as `rag.schema.with_header` writes it when the path fits."""
+        header = self.header(headings)
+        return f"{header}\n\n{body}" if header else body
+
+    def header(self, headings: tuple[str, ...]) -> str:
+        if headings not in self._cache:
+            self._cache[headings] = fit_header(headings, self.count, self.budget)
+        return self._cache[headings]
+
+
+def fit_header(headings: tuple[str, ...], count: TokenCounter, budget: int) -> str:
+    """The heading path within `budget` tokens: whole when it fits, else the lesson title and the nearest heading
+    with "…" for the headings between, each cut short (with "…") if still too long. The body is never cut for it."""
+    full = join_headings(headings)
+    if not headings or count(full) <= budget:
+        return full
+    title, nearest = headings[0], headings[-1]
+    gap = [ELLIPSIS] if len(headings) > 2 else []
+    if len(headings) == 1:
+        return _cut(title, lambda t: count(t) <= budget)
+    if count(join_headings([title, *gap, nearest])) <= budget:
+        return join_headings([title, *gap, nearest])
+    # The title gets at most a third of the budget, the nearest heading (what the chunk is about) the rest.
+    if count(title) > budget // 3:
+        title = _cut(title, lambda t: count(t) <= budget // 3)
+    return join_headings([title, *gap, _cut(nearest, lambda t: count(join_headings([title, *gap, t])) <= budget)])
+
+
+def _cut(text: str, fits: Callable[[str], bool]) -> str:
+    """The longest start of `text` (at a space if possible) that, with "…" after it, still fits."""
+    if fits(text):
+        return text
+    for stops in ([m.start() for m in re.finditer(r"\s+", text)], list(range(1, len(text)))):
+        low, high, best = 0, len(stops) - 1, None
+        while low <= high:  # binary search: fitting is monotone in the length
+            middle = (low + high) // 2
+            candidate = text[: stops[middle]].rstrip() + ELLIPSIS
+            if fits(candidate):
+                best, low = candidate, middle + 1
+            else:
+                high = middle - 1
+        if best is not None:
+            return best
+    return ELLIPSIS
 
 
 def _blocks(doc: LoadedDocument, title: str) -> Iterator[_Block]:
     stack: list[tuple[int, str]] = []
     for page in doc.pages:
-        for raw in _paragraphs(nfc(page.text)):
+        for raw in _paragraphs(nfc(page.text), f"page {page.page}, " if page.page is not None else ""):
             heading = _HEADING.match(raw) if "\n" not in raw else None
             if heading:
                 level = len(heading.group(1))
@@ -102,11 +164,19 @@ def _blocks(doc: LoadedDocument, title: str) -> Iterator[_Block]:
             yield _Block(raw, headings, page.page, marker.group("name").lower() if marker else None)
 
 
-def _paragraphs(text: str) -> Iterator[str]:
-    """Blank-line separated paragraphs; a heading or a marker line also starts one; display math is never split."""
+def _paragraphs(text: str, where: str = "") -> Iterator[str]:
+    """Blank-line separated paragraphs; a heading or a marker line also starts one; display math is never split.
+
+    Display math cannot hold a blank line or a heading (LaTeX refuses a blank line in math), so a `$$` or `\\[` still
+    open there was never closed: it is read as text, with a warning, rather than swallowing every later heading."""
     current: list[str] = []
     in_display = False
-    for line in text.split("\n"):
+    opened = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        if in_display and (not line.strip() or _HEADING.match(line)):
+            warnings.warn(f"{where}line {opened}: display math opened here is not closed before line {number}; it is "
+                          "read as text and the headings after it are kept. Close it with $$ (or \\]).", ChunkingWarning, stacklevel=2)
+            in_display = False
         if not in_display and (not line.strip() or _HEADING.match(line) or _MARKER.match(line)):
             if "\n".join(current).strip():
                 yield "\n".join(current).strip()
@@ -116,7 +186,9 @@ def _paragraphs(text: str) -> Iterator[str]:
                 continue
         if line.strip() or current:
             current.append(line)
-        in_display = _toggles_display(line, in_display)
+        was_in_display, in_display = in_display, _toggles_display(line, in_display)
+        if in_display and not was_in_display:
+            opened = number
     if "\n".join(current).strip():
         yield "\n".join(current).strip()
 
@@ -141,15 +213,16 @@ def _units(blocks: Iterable[_Block]) -> list[_Unit]:
     return units
 
 
-def _pack(units: list[_Unit], count: TokenCounter, config: ChunkerConfig) -> Iterator[tuple[tuple[str, ...], int | None, str]]:
+def _pack(units: list[_Unit], headers: _Headers, config: ChunkerConfig) -> Iterator[tuple[tuple[str, ...], int | None, str]]:
     """Merge small units of one section up to the target; split big ones without cutting a formula."""
+    count = headers.count
     pending: list[str] = []
     key: tuple[tuple[str, ...], int | None] | None = None
     for unit in units:
         headings, page = unit.blocks[0].headings, unit.blocks[0].page
-        fits_alone = count(with_header(headings, unit.text)) <= config.max_tokens
+        fits_alone = count(headers.put(headings, unit.text)) <= config.max_tokens
         merged = "\n\n".join(pending + [unit.text])
-        if pending and key is not None and key[0] == headings and fits_alone and count(with_header(headings, merged)) <= config.target_tokens:
+        if pending and key is not None and key[0] == headings and fits_alone and count(headers.put(headings, merged)) <= config.target_tokens:
             pending.append(unit.text)
             continue
         if pending and key is not None:
@@ -158,7 +231,7 @@ def _pack(units: list[_Unit], count: TokenCounter, config: ChunkerConfig) -> Ite
         if fits_alone:
             pending = [unit.text]
         else:
-            for piece in split_to_fit(unit.text, lambda body: count(with_header(headings, body)), config.max_tokens):  # noqa: B023 (used at once, inside the loop)
+            for piece in split_to_fit(unit.text, lambda body: count(headers.put(headings, body)), config.max_tokens):  # noqa: B023 (used at once, inside the loop)
                 yield headings, page, piece
     if pending and key is not None:
         yield key[0], key[1], "\n\n".join(pending)
@@ -190,9 +263,11 @@ def split_to_fit(text: str, count: TokenCounter, limit: int, level: int = 0) -> 
 def _force_split(text: str, count: TokenCounter, limit: int) -> list[str]:
     """Last resort for one formula or word longer than the window: the window wins, since the embedder would
     otherwise drop the rest silently; a warning says so."""
-    warnings.warn(f"a formula or word longer than {limit} tokens was split: {text[:60]}…", stacklevel=2)
+    if count(text[:1]) > limit:  # not even one character fits beside the header: never store a shredded lesson
+        raise LoadError(f"the chunk window ({limit} tokens) leaves no room for the text beside its heading header")
     if len(text) <= 1:
         return [text]
+    warnings.warn(f"a formula or word longer than {limit} tokens was split: {text[:60]}…", ChunkingWarning, stacklevel=2)
     middle = len(text) // 2
     return [p for half in (text[:middle], text[middle:]) for p in (split_to_fit(half, count, limit, len(_SPLIT_LEVELS)) if count(half) > limit else [half])]
 

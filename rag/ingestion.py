@@ -1,5 +1,8 @@
 """The ingestion job (the library side of `python -m ingest`): lesson files → chunks → vectors in the index, incremental, idempotent and crash-safe.
 
+Files are taken one at a time (read, chunk, embed, write), so the index has each finished file at once and one huge
+file holds up nothing else; which files, and under which names, is `rag.discovery`'s job.
+
 Each file's new version is written with one upsert and only then are its old chunks deleted, so an interrupt
 leaves every file either as it was or complete (at worst with its old chunks beside the new until the next run,
 which finds the mixed state in the index and finishes the replacement). LangChain's `index()` cleans up per batch
@@ -8,38 +11,29 @@ of documents, which can split one file across batches; this job keeps the unit o
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
-from rag.chunking import CHUNKER_VERSION, Chunk, ChunkerConfig, chunk_document
+from rag.chunking import CHUNKER_VERSION, Chunk, ChunkerConfig, ChunkingWarning, chunk_document
+from rag.discovery import Outcome, SourceFile, covers
+from rag.discovery import discover as discover  # callers import it from here
 from rag.embeddings import E5Embeddings
 from rag.index import LessonIndex
-from rag.loaders import SUFFIXES, LoadError, load
+from rag.loaders import LoadError, load
 from rag.normalize import nfc
 from rag.schema import ChunkMeta, join_headings
+from rag.settings import Settings
+
+DEFAULT_MAX_FILE_MB: float = Settings.model_fields["max_file_mb"].default
 
 STATUSES = ("added", "updated", "unchanged", "removed", "failed", "skipped")
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """A file to ingest and the name it is stored under (relative to the folder given)."""
-
-    path: Path
-    source: str
-
-
-@dataclass(frozen=True)
-class Outcome:
-    source: str
-    status: str
-    chunks: int = 0
-    error: str | None = None
 
 
 @dataclass
@@ -70,29 +64,7 @@ class PreparedFile:
     file: SourceFile
     fingerprint: str
     chunks: list[Chunk]
-
-
-def discover(paths: Iterable[Path]) -> tuple[list[SourceFile], list[Outcome]]:
-    """Files to ingest under the given folders and files; unsupported files in folders are reported as skipped."""
-    files: list[SourceFile] = []
-    skipped: list[Outcome] = []
-    for root in paths:
-        if not root.exists():
-            raise FileNotFoundError(f"No such file or folder: {root}")
-        if root.is_file():
-            files.append(SourceFile(root, nfc(root.name)))
-            continue
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root))):
-            source = nfc(path.relative_to(root).as_posix())
-            if path.suffix.lower() in SUFFIXES:
-                files.append(SourceFile(path, source))
-            else:
-                skipped.append(Outcome(source, "skipped", error=f"unsupported type {path.suffix or '(none)'}"))
-    return files, skipped
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+    notes: tuple[str, ...] = ()
 
 
 def fingerprint(text: str, config: ChunkerConfig) -> str:
@@ -122,54 +94,108 @@ def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int) -> Chu
     return meta
 
 
-def prepare_file(file: SourceFile, embeddings: E5Embeddings, config: ChunkerConfig) -> PreparedFile:
-    """Load and chunk one file (raises LoadError)."""
-    doc = load(file.path)
-    chunks = chunk_document(doc, Path(file.source).stem, lambda t: embeddings.count_tokens(t, "passage"), config)
+def prepare_file(file: SourceFile, embeddings: E5Embeddings, config: ChunkerConfig, *,
+                 max_file_mb: float | None = None) -> PreparedFile:
+    """Load and chunk one file (raises LoadError); the chunker's warnings come back as the file's notes."""
+    if max_file_mb is not None:
+        check_size(file.path, max_file_mb)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ChunkingWarning)
+        doc = load(file.path)
+        chunks = chunk_document(doc, Path(file.source).stem, lambda t: embeddings.count_tokens(t, "passage"), config)
+    for other in (w for w in caught if not issubclass(w.category, ChunkingWarning)):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)  # not ours: pass it on
     if not chunks:
         raise LoadError("no text to index")
-    return PreparedFile(file, fingerprint(doc.text, config), chunks)
+    notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ChunkingWarning)))
+    return PreparedFile(file, fingerprint(doc.text, config), chunks, notes)
+
+
+def check_size(path: Path, max_file_mb: float) -> None:
+    """Refuse a file over the size limit before reading it (one huge file must not hold up the others)."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise LoadError(f"cannot read file: {exc.strerror or exc}") from exc
+    if size > max_file_mb * 1024 * 1024:
+        raise LoadError(f"file is {size / 1024 / 1024:.1f} MB, over the {max_file_mb:g} MB limit (setting max_file_mb); "
+                        "split it into lessons, or raise the limit with --max-file-mb or VIMATH_MAX_FILE_MB")
+
+
+FileStarted = Callable[[int, str, "int | None"], None]
+
+
+class FileProgressBar:
+    """A tqdm bar for `IngestJob.run`: the file at hand ("[3/30] lop10/bai1.md") and its chunks embedded so far."""
+
+    def __init__(self, files: int, *, disable: bool | None = False, file: TextIO = sys.stderr) -> None:
+        from tqdm import tqdm
+
+        self.files = files
+        self.bar = tqdm(total=0, unit="chunk", desc="Reading", disable=disable, file=file)
+
+    def on_file(self, number: int, source: str, chunks: int | None) -> None:
+        self.bar.set_description(f"[{number}/{self.files}] {source}" + (" (reading)" if chunks is None else ""), refresh=False)
+        self.bar.reset(total=chunks or 0)
+
+    def update(self, chunks: int) -> None:
+        self.bar.update(chunks)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class IngestJob:
-    """Brings the index in line with a set of lesson files."""
+    """Brings the index in line with a set of lesson files, one file at a time: each file is read, chunked, embedded
+    and written before the next is read, so the index has every finished file at once and memory holds one file."""
 
-    def __init__(self, index: LessonIndex, embeddings: E5Embeddings, config: ChunkerConfig | None = None) -> None:
+    def __init__(self, index: LessonIndex, embeddings: E5Embeddings, config: ChunkerConfig | None = None, *,
+                 max_file_mb: float | None = DEFAULT_MAX_FILE_MB) -> None:
         self.index = index
         self.embeddings = embeddings
         self.config = config or ChunkerConfig(max_tokens=embeddings.identity.max_tokens)
+        self.max_file_mb = max_file_mb
 
     def run(self, files: list[SourceFile], *, prune: bool = False, skipped: Iterable[Outcome] = (),
-            progress: Callable[[int], None] | None = None, on_plan: Callable[[int], None] | None = None) -> IngestReport:
-        """Ingest `files`; `on_plan` gets the number of chunks to embed, `progress` each embedded batch size."""
+            progress: Callable[[int], None] | None = None, on_file: FileStarted | None = None) -> IngestReport:
+        """Ingest `files`, with `skipped` the outcomes `discover` reported (failed paths there are kept by prune).
+
+        `on_file(number, source, chunks)` is called as file `number` (from 1) is read (chunks None) and, if it must
+        be written, again with its chunk count; `progress` then gets each batch of chunks done."""
         started = time.perf_counter()
         report = IngestReport(outcomes=list(skipped))
         states = self.index.source_states()
-        work: list[PreparedFile] = []
-        for file in files:
+        seen: set[str] = set()
+        for number, file in enumerate(files, start=1):
+            if file.source in seen:  # two files under one name would overwrite each other in the index
+                report.outcomes.append(Outcome(file.source, "failed", error=f"another file has the same name ({file.path})"))
+                continue
+            seen.add(file.source)
+            if on_file:
+                on_file(number, file.source, None)
             try:
-                prepared = prepare_file(file, self.embeddings, self.config)
+                prepared = prepare_file(file, self.embeddings, self.config, max_file_mb=self.max_file_mb)
             except LoadError as exc:
                 report.outcomes.append(Outcome(file.source, "failed", error=str(exc)))
                 continue
             state = states.get(file.source)
             if state is not None and state.complete(prepared.fingerprint):
-                report.outcomes.append(Outcome(file.source, "unchanged", len(prepared.chunks)))
-            else:
-                work.append(prepared)
-        if on_plan:
-            on_plan(sum(len(p.chunks) for p in work))
-        for prepared in work:
-            existed = prepared.file.source in states
+                report.outcomes.append(Outcome(file.source, "unchanged", len(prepared.chunks), notes=prepared.notes))
+                continue
+            if on_file:
+                on_file(number, file.source, len(prepared.chunks))
             try:
                 report.embedded += self._replace(prepared, progress)
             except Exception as exc:  # one bad file must not stop the rest; its old version stays intact
-                report.outcomes.append(Outcome(prepared.file.source, "failed", error=f"{type(exc).__name__}: {exc}"))
+                report.outcomes.append(Outcome(file.source, "failed", error=f"{type(exc).__name__}: {exc}", notes=prepared.notes))
                 continue
-            report.outcomes.append(Outcome(prepared.file.source, "updated" if existed else "added", len(prepared.chunks)))
+            status = "updated" if file.source in states else "added"
+            report.outcomes.append(Outcome(file.source, status, len(prepared.chunks), notes=prepared.notes))
         if prune:
-            seen = {f.source for f in files}
+            failed = [o for o in report.outcomes if o.status == "failed"]
             for source in sorted(set(states) - seen):
+                if any(covers(f, source) for f in failed):
+                    continue  # not seen because it could not be read: removing it would lose a lesson
                 self.index.delete_ids(self.index.ids_of(source))
                 report.outcomes.append(Outcome(source, "removed"))
         if not report.counts()["failed"]:

@@ -9,6 +9,8 @@ from typing import Any, Mapping, TypedDict
 
 # Joins the headings of a chunk's path ("Bài 8. Đạo hàm › 2. Quy tắc tính"), in its metadata and its text header.
 HEADING_SEPARATOR = " › "
+# Stands for headings (or the end of a heading) left out of a text header too long for the token window.
+ELLIPSIS = "…"
 
 
 class ChunkMeta(TypedDict, total=False):
@@ -45,5 +47,21 @@ def with_header(headings: tuple[str, ...], body: str) -> str:
 
 
 def body_of(text: str, meta: Mapping[str, Any]) -> str:
-    """A chunk's text without the heading header that `with_header` put above it."""
-    return text.removeprefix(f"{meta.get(HEADING_PATH, '')}\n\n")
+    """A chunk's text without the heading header above it (the full path, or the chunker's shortened form of it)."""
+    path = meta.get(HEADING_PATH, "")
+    if text.startswith(f"{path}\n\n"):
+        return text.removeprefix(f"{path}\n\n")
+    header, blank, body = text.partition("\n\n")
+    return body if blank and path and _shortened(header, split_headings(path)) else text
+
+
+def _shortened(header: str, headings: tuple[str, ...]) -> bool:
+    """Whether `header` is `headings` shortened: the title and the nearest heading, each possibly cut with "…"."""
+    parts = header.split(HEADING_SEPARATOR)
+    if not headings or ELLIPSIS not in header or len(parts) > 3:
+        return False
+
+    def same(part: str, heading: str) -> bool:
+        return part == heading or (part.endswith(ELLIPSIS) and heading.startswith(part[: -len(ELLIPSIS)]))
+
+    return same(parts[0], headings[0]) and same(parts[-1], headings[-1])

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     hub_timeout_s: float = Field(3.0, description="how long `auto` waits for the Hugging Face hub")
     embed_backend: str = Field(DEFAULT_BACKEND, description="what computes the vectors: " + " | ".join(NAMES) + " (rag.backends)")
     embed_batch_size: int = Field(16, ge=1)
+    max_file_mb: float = Field(20.0, gt=0, description="lesson files larger than this (MB) are refused by ingest; the rest goes on")
     index_dir: Path = Field(Path("vimath_index"), description="folder of the embedded Chroma index")
     chroma_host: str | None = Field(None, description="Chroma server host; set it to use a server")
     chroma_port: int = 8000

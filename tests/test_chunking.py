@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rag.chunking import Chunk, ChunkerConfig, chunk_document, math_spans, split_to_fit
+from rag.chunking import Chunk, ChunkerConfig, ChunkingWarning, chunk_document, fit_header, math_spans, split_to_fit
 from rag.embeddings import E5Embeddings
-from rag.loaders import LoadedDocument, Page, load
-from rag.schema import with_header
+from rag.loaders import LoadedDocument, LoadError, Page, load
+from rag.schema import body_of, join_headings, with_header
 
 LESSONS = Path(__file__).resolve().parents[1] / "data" / "lessons"
 LESSON_FILES = sorted(LESSONS.rglob("*.md"))
@@ -235,3 +235,56 @@ def test_generated_markdown_property(bundled: E5Embeddings, config: ChunkerConfi
         assert [c.ordinal for c in chunks] == list(range(len(chunks)))
 
     check()
+
+
+# --- headers too long for the window, unclosed display math (issue 10) -------------------------------------------------
+
+PARAGRAPH_AS_HEADING = ("Trong mục này ta nghiên cứu kĩ tính đơn điệu của hàm số, mối liên hệ giữa dấu của đạo hàm và "
+                        "chiều biến thiên, cùng các ví dụ minh hoạ chi tiết cho từng trường hợp có thể xảy ra. ") * 8
+
+
+def test_a_heading_longer_than_the_window_shortens_the_header_not_the_body(bundled: E5Embeddings) -> None:
+    count = lambda t: bundled.count_tokens(t, "passage")  # noqa: E731
+    body_text = "\n\n".join(f"**Ví dụ {i}.** Xét hàm số $y = x^3 - {i}x$ trên khoảng $(0; {i})$ và tìm các khoảng đồng biến." for i in range(1, 9))
+    text = f"# Bài 1. Tính đơn điệu\n\n## 1. Định nghĩa\n\n### {PARAGRAPH_AS_HEADING}\n\n{body_text}"
+    path = ("Bài 1. Tính đơn điệu", "1. Định nghĩa", PARAGRAPH_AS_HEADING.strip())
+    assert count(join_headings(path)) > 256
+    chunks = chunk_document(_doc(text), "gen", count)
+    under = [c for c in chunks if c.heading_path == path]  # the full path stays the chunk's heading path (metadata)
+    assert under and all(count(c.text) <= 256 for c in chunks)
+    for chunk in under:
+        header = chunk.text.split("\n\n")[0]
+        assert header.startswith("Bài 1. Tính đơn điệu › … › Trong mục này ta nghiên cứu") and header.endswith("…")
+        assert count(header) <= 128
+    bodies = [body_of(c.text, {"heading_path": join_headings(c.heading_path)}) for c in under]
+    assert all(len(b) >= 60 for b in bodies)  # whole examples, never shreds
+    assert "\n\n".join(bodies).split() == body_text.split()
+
+
+def test_fit_header_keeps_title_and_nearest_heading() -> None:
+    words = lambda t: len(t.split())  # noqa: E731
+    path = ("Bài 8. Đạo hàm", "2. Quy tắc", "2.1 Hàm hợp", "Ví dụ")
+    assert fit_header(path, words, 20) == join_headings(path)
+    assert fit_header(path, words, 9) == "Bài 8. Đạo hàm › … › Ví dụ"
+    long_title = ("Bài 8. " + "rất dài " * 30, "Ví dụ 3 về đạo hàm")
+    short = fit_header(long_title, words, 12)
+    assert words(short) <= 12 and short.startswith("Bài 8. rất") and short.endswith(" › Ví dụ 3 về đạo hàm")
+    assert body_of(f"{short}\n\nthân", {"heading_path": join_headings(long_title)}) == "thân"
+
+
+def test_a_window_too_small_for_any_text_is_an_error_not_shreds() -> None:
+    count = lambda t: 40 + len(t)  # noqa: E731 (a prefix that alone nearly fills the window)
+    with pytest.raises(LoadError, match="no room for the text"):
+        chunk_document(_doc("# Bài 1\n\nNội dung bài học."), "gen", count, ChunkerConfig(max_tokens=41, target_tokens=41))
+
+
+def test_an_unclosed_dollar_dollar_does_not_swallow_the_headings(bundled: E5Embeddings) -> None:
+    count = lambda t: bundled.count_tokens(t, "passage")  # noqa: E731
+    text = ("# Bài 2. Cực trị\n\n## 1. Định nghĩa\n\nĐiểm cực đại là $$x_0 nếu f(x) < f(x_0).\n\n"
+            "## 2. Điều kiện cần\n\nNếu hàm số đạt cực trị tại $x_0$ thì $f'(x_0) = 0$.\n\n"
+            "$$\nf'(x) = 3x^2 - 3\n$$\n\n## 3. Điều kiện đủ\n\nXét dấu đạo hàm.")
+    with pytest.warns(ChunkingWarning, match=r"^line 5: display math opened here is not closed before line 6") as caught:
+        chunks = chunk_document(_doc(text), "gen", count)
+    assert len(caught) == 1  # the well-formed display formula further down is no warning
+    assert [c.heading_path[-1] for c in chunks] == ["1. Định nghĩa", "2. Điều kiện cần", "3. Điều kiện đủ"]
+    assert "$$\nf'(x) = 3x^2 - 3\n$$" in chunks[1].text

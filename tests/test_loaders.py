@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from vni import vni_bytes, vni_text
 
 from rag.loaders import LoadError, load
 
@@ -194,3 +195,72 @@ def test_corrupt_docx_is_refused(tmp_path: Path) -> None:
 def test_unsupported_suffix_is_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(LoadError, match="unsupported"):
         load(write(tmp_path, name, VI.encode("utf-8")))
+
+
+# --- pre-Unicode VNI, and PDF passwords (issue 10) ---------------------------------------------------------------------
+
+LESSON_FILES = sorted((Path(__file__).resolve().parents[1] / "data" / "lessons").rglob("*.md"))
+
+
+def test_vni_encoder_matches_the_vni_table() -> None:
+    assert vni_text("Hàm số đồng biến") == "Haøm soá ñoàng bieán"
+    assert vni_text("Ước lượng, tiệm cận, xác suất, ỵ, Ặ") == "Öôùc löôïng, tieäm caän, xaùc suaát, î, AË"
+
+
+def test_every_sample_lesson_in_vni_is_refused_with_the_conversion_hint(tmp_path: Path) -> None:
+    assert len(LESSON_FILES) == 40
+    for lesson in LESSON_FILES:
+        text = lesson.read_text(encoding="utf-8")
+        with pytest.raises(LoadError, match=r"VNI Windows.*Unikey"):
+            load(write(tmp_path, lesson.name, vni_bytes(text)))
+        # The same text once wrongly "converted" to UTF-8 (as Notepad does), or typed in Word with a VNI font.
+        with pytest.raises(LoadError, match="VNI"):
+            load(write(tmp_path, "utf8-" + lesson.name, vni_text(text).encode("utf-8")))
+
+
+def test_vni_typed_in_word_is_refused(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_heading(vni_text("Bài 7. Nguyên hàm"), level=1)
+    document.add_paragraph(vni_text("Hàm số F(x) được gọi là nguyên hàm của hàm số f(x) trên khoảng K nếu F'(x) = f(x)."))
+    document.save(str(tmp_path / "vni.docx"))
+    with pytest.raises(LoadError, match="VNI"):
+        load(tmp_path / "vni.docx")
+
+
+def test_no_genuine_lesson_is_taken_for_a_legacy_font(tmp_path: Path) -> None:
+    for lesson in LESSON_FILES:
+        text = lesson.read_text(encoding="utf-8")
+        assert load(lesson).text == nfc(text).replace("\r\n", "\n")
+        assert load(write(tmp_path, "cp1258-" + lesson.name, windows_1258(text))).text == load(lesson).text
+    samples = Path(__file__).resolve().parents[1] / "data" / "samples"
+    for sample in samples.iterdir():
+        assert len(load(sample).text) > 1000, sample
+    # Foreign names (Möbius, L'Hôpital, Gödel) in a genuine lesson are no legacy font.
+    names = "Dải Möbius, quy tắc L'Hôpital, định lí Gödel, hàm Müller. " * 3
+    assert "Möbius" in load(write(tmp_path, "ten.md", (names + LESSON_FILES[0].read_text(encoding="utf-8")).encode())).text
+
+
+def encrypted_pdf(user_password: str, algorithm: str) -> bytes:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    writer.append(PdfReader(io.BytesIO(make_pdf(PDF_PAGES))))
+    writer.encrypt(user_password=user_password, owner_password="chu-so-huu", algorithm=algorithm)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not DEJAVU.exists(), reason="DejaVu Sans font not installed")
+@pytest.mark.parametrize("algorithm", ["RC4-128", "AES-128", "AES-256"])
+def test_pdf_with_only_an_owner_password_is_read(tmp_path: Path, algorithm: str) -> None:
+    doc = load(write(tmp_path, "han-che.pdf", encrypted_pdf("", algorithm)))
+    assert [p.page for p in doc.pages] == [1, 3] and "Tính đơn điệu của hàm số" in doc.pages[0].text
+
+
+@pytest.mark.skipif(not DEJAVU.exists(), reason="DejaVu Sans font not installed")
+def test_pdf_that_needs_a_password_to_open_is_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(LoadError, match="needs a password to open; save an unprotected copy"):
+        load(write(tmp_path, "mat-khau.pdf", encrypted_pdf("bi-mat", "AES-256")))

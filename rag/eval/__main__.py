@@ -28,7 +28,7 @@ from rag.eval.dataset import (
 )
 from rag.eval.report import RunResult, comparison_json, markdown, write_reports
 from rag.index import LessonIndex, describe_location
-from rag.ingestion import IngestJob, discover
+from rag.ingestion import FileProgressBar, IngestJob, discover
 from rag.ranking import METHODS
 from rag.ranking.base import QueryVectorCache
 from rag.retrieval import Searcher
@@ -107,9 +107,8 @@ def built_index(settings: Settings, spec: str, lessons: Path) -> tuple[LessonInd
     files, skipped = discover([lessons])
     if not files:
         raise FileNotFoundError(f"no lesson files under {lessons}")
-    bar = tqdm(total=0, unit="chunk", desc="Embedding lessons", file=sys.stderr, disable=None)
-    report = IngestJob(index, embeddings).run(files, prune=True, skipped=skipped, progress=bar.update,
-                                              on_plan=lambda n: bar.reset(total=n))
+    bar = FileProgressBar(len(files), disable=None)
+    report = IngestJob(index, embeddings).run(files, prune=True, skipped=skipped, progress=bar.update, on_file=bar.on_file)
     bar.close()
     for outcome in report.outcomes:
         if outcome.status == "failed":
