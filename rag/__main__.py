@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,13 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from rag.workspace import open_searcher
+    from rag import profiling
+
+    if args.profile:
+        profiling.enable()
+        profiling.record("import", time.perf_counter() - profiling.STARTED)
+    with profiling.stage("import"):
+        from rag.workspace import open_searcher
 
     settings = settings_from_args(args)
     queries = read_queries(args.queries) if args.queries else [args.query]
@@ -58,11 +65,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     k = args.k or settings.top_k
     filters = Filters(source=args.source, lesson=args.lesson)
     for query in queries:
-        hits = searcher.search(query, k, filters=filters)
+        with profiling.stage("query"):
+            hits = searcher.search(query, k, filters=filters)
         if args.json or args.queries:
             print(json.dumps([h.to_record(r) for r, h in enumerate(hits, start=1)], ensure_ascii=False))
         else:
             print_hits(hits)
+    profiling.report()
     return EXIT_OK
 
 
@@ -148,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--queries", type=Path, metavar="FILE", help="one question per line; prints one JSON list per line")
     search.add_argument("--source", help="only chunks of this source file")
     search.add_argument("--lesson", help="only chunks of this lesson (its title)")
+    search.add_argument("--profile", action="store_true", help="print where the time went (import, model load, index open, lexical load, query) to stderr")
     add_settings_args(search, "retrieval_method")
     search.set_defaults(run=cmd_search)
     ask = sub.add_parser("ask", help="answer a question from the material through Ollama, citing it")

@@ -1,11 +1,16 @@
 """The Chroma collection of lesson chunks: embedded or on a Chroma server, tied to the embedder that built it."""
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import chromadb
 import numpy as np
@@ -23,6 +28,11 @@ REBUILD_COMMAND = "python -m ingest data/lessons --rebuild"
 # SQLite's own words for a file that is not (or no longer) a database: SQLITE_NOTADB (26) and SQLITE_CORRUPT (11).
 _DAMAGE_SIGNS = ("file is not a database", "database disk image is malformed", "(code: 26)", "(code: 11)")
 _PAGE = 2000  # rows per `get` call, well under Chroma's batch limit
+GENERATION_FILE = ".vimath-generation"  # in the index folder; replaced (never edited) after every committed write
+LEXICAL_DIR = "lexical"  # in the index folder: the persisted BM25 (rag/ranking/lexical_store.py)
+CACHE_ENV = "VIMATH_CACHE_DIR"  # where replicas keep the BM25 of a Chroma server's collection
+_RENAME_WAIT_S = 5.0  # how long a reader waits for a rebuild's rename (drop old, rename new) to finish
+_T = TypeVar("_T")
 
 
 class IndexMismatch(VimathError, RuntimeError):
@@ -107,18 +117,93 @@ class SourceState:
         return list(self.chunks) == [fingerprint] and self.chunks[fingerprint] == self.expected.get(fingerprint)
 
 
-def make_client(settings: Settings) -> chromadb.ClientAPI:
+class StaleView(VimathError, RuntimeError):
+    """Chroma answered from a view of the index that another process has since changed (retried once, reopened)."""
+
+
+# Errors an embedded Chroma client raises when another process changed the index under it (seen: InternalError
+# "Error finding id", NotFoundError for a collection a rebuild replaced, TypeError/AttributeError on half-missing
+# rows). A read that fails so is retried once on a freshly opened client; a real bug fails again and surfaces.
+STALE_ERRORS: tuple[type[BaseException], ...] = (ChromaError, StaleView, TypeError, AttributeError, KeyError)
+
+Stamp = tuple[int, int, int] | None
+
+
+def generation_stamp(index_dir: Path) -> Stamp:
+    """What identifies the index folder's last committed write: the marker file's inode, mtime and size (one stat)."""
+    try:
+        st = os.stat(index_dir / GENERATION_FILE)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def bump_generation(index_dir: Path) -> Stamp:
+    """Tell every process reading this index that it changed: replace the marker file atomically (temp + rename)."""
+    target = index_dir / GENERATION_FILE
+    temp = index_dir / f".{GENERATION_FILE}.{uuid.uuid4().hex}.tmp"
+    temp.write_text(f"{time.time_ns()} {os.getpid()} {uuid.uuid4().hex}\n", encoding="ascii")
+    os.replace(temp, target)  # a new inode every time, so a reader's stat always sees the change
+    return generation_stamp(index_dir)
+
+
+@dataclass
+class _View:
+    """This process's embedded Chroma client for one index folder and the marker stamp it was opened at."""
+
+    stamp: Stamp
+    client: chromadb.ClientAPI
+
+
+_views: dict[str, _View] = {}
+_views_lock = threading.Lock()
+
+
+def _chroma_settings() -> ChromaSettings:
+    return ChromaSettings(anonymized_telemetry=False)  # a new one each time: Chroma's clients write into it
+
+
+def _forget_store(path: str) -> None:
+    """Drop Chroma's cached per-process system for `path`, so that the next client reads the files afresh.
+
+    Chroma keeps one system per path per process and hands it to every new client; after another process writes
+    the index (or after a failed start) that system is stale. Clients already open keep their system (in-flight
+    reads finish on it) and it is freed with them. Only this path's entry goes: other indexes open in the process
+    are untouched. (chromadb 1.5's private attributes; skipped if they change.)
+    """
+    lock = getattr(SharedSystemClient, "_refcount_lock", None)
+    if lock is None:
+        return
+    with lock:
+        for cache in (getattr(SharedSystemClient, "_identifier_to_system", {}), getattr(SharedSystemClient, "_identifier_to_refcount", {})):
+            cache.pop(path, None)
+
+
+def make_client(settings: Settings, *, fresh: bool = False) -> chromadb.ClientAPI:
     """A Chroma server client when a host is set, else the embedded store in the index folder.
 
-    Raises IndexDamaged when the embedded store's database cannot be read.
+    The embedded client is opened afresh when another process has written the index since this process opened it
+    (the folder's generation marker moved) or when `fresh` is asked, so an open never returns a stale view.
     """
-    chroma_settings = ChromaSettings(anonymized_telemetry=False)
     if settings.chroma_host:
-        return chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings)
+        return chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port, settings=_chroma_settings())
     settings.index_dir.mkdir(parents=True, exist_ok=True)
     path = str(settings.index_dir)
+    with _views_lock:
+        stamp = generation_stamp(settings.index_dir)
+        view = _views.get(path)
+        if view is None or fresh or view.stamp != stamp:
+            _forget_store(path)
+            _views.pop(path, None)
+            view = _views[path] = _View(stamp, _open_embedded(settings))
+        return view.client
+
+
+def _open_embedded(settings: Settings) -> chromadb.ClientAPI:
+    """A new embedded client; raises IndexDamaged when the store's database cannot be read."""
+    path = str(settings.index_dir)
     try:
-        client = chromadb.PersistentClient(path=path, settings=chroma_settings)
+        client = chromadb.PersistentClient(path=path, settings=_chroma_settings())
         client.list_collections()  # reads the database: damage past its header shows here, not on open
         return client
     except ChromaError as exc:
@@ -134,16 +219,6 @@ def make_client(settings: Settings) -> chromadb.ClientAPI:
         raise
 
 
-def _forget_store(path: str) -> None:
-    """Drop chromadb's process-wide cached store for `path` (chromadb 1.5's private attributes; skipped if they change)."""
-    lock = getattr(SharedSystemClient, "_refcount_lock", None)
-    if lock is None:
-        return
-    with lock:
-        for cache in (getattr(SharedSystemClient, "_identifier_to_system", {}), getattr(SharedSystemClient, "_identifier_to_refcount", {})):
-            cache.pop(path, None)
-
-
 def _is_default_index(settings: Settings) -> bool:
     return settings.index_dir == type(settings).model_fields["index_dir"].default
 
@@ -157,8 +232,30 @@ def set_aside_damaged(folder: Path) -> Path:
         n += 1
         target = folder.with_name(f"{folder.name}.damaged-{stamp}-{n}")
     _forget_store(str(folder))
+    with _views_lock:
+        _views.pop(str(folder), None)
     folder.rename(target)
     return target
+
+
+def _wrote(settings: Settings, client: chromadb.ClientAPI) -> Stamp:
+    """After this process committed a write through `client`: bump the marker; the client has seen its own write."""
+    stamp = bump_generation(settings.index_dir)
+    with _views_lock:
+        view = _views.get(str(settings.index_dir))
+        if view is not None and view.client is client:
+            view.stamp = stamp
+    return stamp
+
+
+def lexical_folder(settings: Settings) -> Path:
+    """Where the BM25 of this index is kept: in the index folder, or for a Chroma server in a local cache folder
+    keyed by server and collection (each app replica keeps its own copy, checked against the server's content)."""
+    if not settings.chroma_host:
+        return settings.index_dir / LEXICAL_DIR
+    root = Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vimath-tutor")
+    where = f"{settings.chroma_host}:{settings.chroma_port}/{settings.collection}"
+    return root / LEXICAL_DIR / hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
 def describe_location(settings: Settings) -> str:
@@ -197,14 +294,86 @@ def same_embedder(a: EmbedderIdentity, b: EmbedderIdentity) -> bool:
 class LessonIndex:
     """A chunk collection with cosine distance that knows which embedder built it."""
 
-    def __init__(self, client: chromadb.ClientAPI, name: str, identity: EmbedderIdentity, *, staging: bool = False) -> None:
+    def __init__(self, client: chromadb.ClientAPI, name: str, identity: EmbedderIdentity, *, staging: bool = False,
+                 settings: Settings | None = None) -> None:
         self.set_aside: Path | None = None  # where a damaged index went when --rebuild replaced it
         self.client = client
         self.name = name
         self.identity = identity
         self.staging = staging
+        # Settings are what a reopen needs; without them (a bare client) the index is never refreshed.
+        self.settings = settings
+        self.embedded = settings is not None and not settings.chroma_host
+        self.lexical_dir: Path | None = lexical_folder(settings) if settings is not None else None
+        self._stamp = generation_stamp(settings.index_dir) if self.embedded and settings is not None else None
+        self._reopen_lock = threading.Lock()
+        self.generation = 0  # counts reopens and own writes: what a ranker caching derived data (BM25) compares
         metadata = {"hnsw:space": "cosine", "embedder": identity.key(), "embedder_name": identity.describe()}
-        self.collection = client.get_or_create_collection(name + (STAGING_SUFFIX if staging else ""), metadata=metadata, embedding_function=None)
+        self.collection = client.get_or_create_collection(self._collection_name(), metadata=metadata, embedding_function=None)
+
+    def _collection_name(self) -> str:
+        return self.name + (STAGING_SUFFIX if self.staging else "")
+
+    # -- staying fresh while other processes write ------------------------------------------------------------
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another process committed a write to this (embedded) index since this view was opened: one stat."""
+        return self.embedded and self.settings is not None and generation_stamp(self.settings.index_dir) != self._stamp
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reopen the collection on a fresh client if the index changed elsewhere (or if forced); True if reopened.
+
+        Thread-safe: one thread reopens while the others wait on the lock; reads already running keep the collection
+        object they took, which stays usable (its client is not closed), so they finish on the old view.
+        """
+        if self.settings is None or not (force or self.changed_elsewhere()):
+            return False
+        with self._reopen_lock:
+            if not force and not self.changed_elsewhere():
+                return False  # another thread reopened while this one waited
+            stamp = generation_stamp(self.settings.index_dir) if self.embedded else None
+            client = make_client(self.settings, fresh=force)
+            collection = self._wait_for_collection(client)
+            self.client, self.collection, self._stamp = client, collection, stamp
+            self.generation += 1
+            return True
+
+    def _wait_for_collection(self, client: chromadb.ClientAPI) -> Any:
+        """The collection on a new client; during a rebuild's swap (old dropped, new not yet renamed) wait for it."""
+        deadline = time.monotonic() + _RENAME_WAIT_S
+        while True:
+            try:
+                return client.get_collection(self._collection_name(), embedding_function=None)
+            except (ChromaError, ValueError):  # not found (older Chroma versions raise ValueError)
+                if time.monotonic() >= deadline:
+                    if not self.staging:
+                        _recover_rebuild(client, self.name)  # the rebuild died between drop and rename: finish it
+                        return client.get_collection(self.name, embedding_function=None)
+                    raise
+                time.sleep(0.05)
+
+    def embedder_changed(self) -> bool:
+        """Whether the index is now recorded as built by another embedder (a `--rebuild --embedder` elsewhere): its
+        vectors no longer match this process's embedder, so everything must be opened again."""
+        self.refresh()
+        key = self.recorded_embedder()
+        return bool(key) and not same_embedder(EmbedderIdentity.from_key(key), self.identity)
+
+    def _read(self, read: Callable[[Any], _T]) -> _T:
+        """Run a read on the current collection; on a stale-view error reopen afresh and run it once more."""
+        self.refresh()
+        try:
+            return read(self.collection)
+        except STALE_ERRORS:
+            if self.settings is None:
+                raise
+            self.refresh(force=True)
+            return read(self.collection)
+
+    def _wrote(self) -> None:
+        self.generation += 1  # this object's own writes change what it holds too
+        if self.embedded and self.settings is not None:
+            self._stamp = _wrote(self.settings, self.client)
 
     @classmethod
     def open(cls, settings: Settings, identity: EmbedderIdentity, *, rebuild: bool = False, create: bool = True) -> "LessonIndex":
@@ -224,7 +393,7 @@ class LessonIndex:
         if rebuild:
             if settings.collection + STAGING_SUFFIX in _collection_names(client):
                 client.delete_collection(settings.collection + STAGING_SUFFIX)
-            index = cls(client, settings.collection, identity, staging=recorded is not None)
+            index = cls(client, settings.collection, identity, staging=recorded is not None, settings=settings)
             index.set_aside = set_aside
             return index
         if recorded is None and not create:
@@ -235,7 +404,7 @@ class LessonIndex:
                 f"{identity.describe()}. Use the embedder that built it (--embedder {recorded.spec}) or rebuild "
                 f"the index with --rebuild."
             )
-        return cls(client, settings.collection, identity)
+        return cls(client, settings.collection, identity, settings=settings)
 
     def commit(self) -> None:
         """Make a rebuilt collection the live one (no-op for a normal index)."""
@@ -246,18 +415,27 @@ class LessonIndex:
         self.collection.modify(name=self.name)
         self.collection = self.client.get_collection(self.name)
         self.staging = False
+        self._wrote()
 
     def count(self) -> int:
-        return self.collection.count()
+        return self._read(lambda collection: collection.count())
 
     def _pages(self, where: dict[str, Any] | None, include: list[str]) -> Any:
         offset = 0
         while True:
-            page = self.collection.get(where=where, include=include, limit=_PAGE, offset=offset)
+            page = self._read(lambda collection, at=offset: collection.get(where=where, include=include, limit=_PAGE, offset=at))
             if not page["ids"]:
                 return
             yield page
             offset += len(page["ids"])
+
+    def ids(self) -> list[str]:
+        """Every chunk id (the cheapest full read: no metadata, text or vector)."""
+        return [i for page in self._pages(None, []) for i in page["ids"]]
+
+    def recorded_embedder(self) -> str:
+        """The embedder key the collection records (what built its vectors and cut its chunks)."""
+        return str((self.collection.metadata or {}).get("embedder", ""))
 
     def metadatas(self, where: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
         """(id, metadata) of every stored chunk, optionally filtered."""
@@ -293,20 +471,40 @@ class LessonIndex:
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], metadatas: Sequence[dict[str, Any]]) -> None:
         """Store chunks in one call, so a file's new version lands whole or not at all."""
         self.collection.upsert(ids=list(ids), embeddings=vectors, documents=list(texts), metadatas=list(metadatas))
+        self._wrote()
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         if ids:
             self.collection.delete(ids=list(ids))
+            self._wrote()
+
+    def get(self, ids: Sequence[str]) -> list[tuple[StoredChunk, np.ndarray]]:
+        """The chunks with these ids that exist (in no set order), each with its stored embedding."""
+        def read(collection: Any) -> list[tuple[StoredChunk, np.ndarray]]:
+            page = collection.get(ids=list(ids), include=["documents", "metadatas", "embeddings"])
+            rows = list(zip(page["ids"], page["documents"], page["metadatas"], page["embeddings"]))
+            if any(d is None or m is None or e is None for _, d, m, e in rows):
+                raise StaleView("a chunk came back without its text, metadata or vector")
+            return [(StoredChunk(i, d, m), np.asarray(e, dtype=np.float32)) for i, d, m, e in rows]
+        return self._read(read) if ids else []
+
+    def ids_where(self, where: dict[str, Any]) -> set[str]:
+        """Ids of the chunks a Chroma filter admits."""
+        return set(self._read(lambda collection: collection.get(where=where, include=[])["ids"]))
 
     def ids_of(self, source: str) -> list[str]:
         return [i for i, _ in self.metadatas({SOURCE: source})]
 
     def search(self, vector: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[Hit]:
         """The k nearest chunks by cosine similarity."""
-        total = self.count()
-        if total == 0:
-            return []
-        res = self.collection.query(query_embeddings=[list(vector)], n_results=min(k, total), where=where,
-                                    include=["documents", "metadatas", "distances"])
-        return [Hit(i, d, m, 1.0 - float(dist)) for i, d, m, dist in
-                zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])]
+        def read(collection: Any) -> list[Hit]:
+            total = collection.count()  # the same collection object for both calls, even if another thread reopens
+            if total == 0:
+                return []
+            res = collection.query(query_embeddings=[list(vector)], n_results=min(k, total), where=where,
+                                   include=["documents", "metadatas", "distances"])
+            rows = list(zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]))
+            if any(d is None or m is None or dist is None for _, d, m, dist in rows):
+                raise StaleView("a search result came back without its text or metadata")
+            return [Hit(i, d, m, 1.0 - float(dist)) for i, d, m, dist in rows]
+        return self._read(read)

@@ -28,6 +28,7 @@ from rag.embeddings import E5Embeddings
 from rag.index import LessonIndex
 from rag.loaders import LoadError, load
 from rag.normalize import nfc
+from rag.ranking import index_followers
 from rag.schema import ChunkMeta, join_headings
 from rag.settings import Settings
 
@@ -155,6 +156,7 @@ class IngestJob:
         self.embeddings = embeddings
         self.config = config or ChunkerConfig(max_tokens=embeddings.identity.max_tokens)
         self.max_file_mb = max_file_mb
+        self.followers = index_followers(index)  # data derived from the chunks, kept in step (rag.ranking.FOLLOWERS)
 
     def run(self, files: list[SourceFile], *, prune: bool = False, skipped: Iterable[Outcome] = (),
             progress: Callable[[int], None] | None = None, on_file: FileStarted | None = None) -> IngestReport:
@@ -200,6 +202,8 @@ class IngestJob:
                 report.outcomes.append(Outcome(source, "removed"))
         if not report.counts()["failed"]:
             self.index.commit()  # a rebuild replaces the live index only when every file made it
+        for follower in self.followers:
+            follower.after_run()  # e.g. the BM25 snapshot of what the run left, so no reader segments a chunk
         report.rebuild_pending = self.index.staging
         report.elapsed_s = time.perf_counter() - started
         return report
@@ -216,6 +220,8 @@ class IngestJob:
         ids = [chunk_id(source, file_hash, c.ordinal) for c in chunks]
         metas = [chunk_metadata(source, file_hash, c, len(chunks)) for c in chunks]
         old = set(self.index.ids_of(source))
+        for follower in self.followers:  # e.g. BM25 stores the new chunks' terms, before readers can see them
+            follower.before_write({c.content_hash: c.text for c in chunks})
         self.index.upsert(ids, vectors, [c.text for c in chunks], metas)
         self.index.delete_ids(sorted(old - set(ids)))
         return len(missing)

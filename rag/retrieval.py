@@ -3,12 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
-
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
-from langchain_core.documents import Document
-from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict
+from typing import TYPE_CHECKING, Any
 
 from rag.index import Hit
 from rag.normalize import nfc
@@ -72,20 +67,43 @@ class Searcher:
         return hits[:k]
 
 
+if TYPE_CHECKING:
+    from langchain_core.documents import Document
+
+
 def hit_to_document(hit: Hit) -> Document:
+    from langchain_core.documents import Document
+
     return Document(page_content=hit.text, id=hit.id, metadata={**hit.metadata, "score": hit.score, "id": hit.id})
 
 
-class LessonRetriever(BaseRetriever):
-    """LangChain retriever over the lesson index (documents carry `score` and `id` in metadata)."""
+def _lesson_retriever() -> type:
+    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.retrievers import BaseRetriever
+    from pydantic import ConfigDict
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    class LessonRetriever(BaseRetriever):
+        """LangChain retriever over the lesson index (documents carry `score` and `id` in metadata)."""
 
-    searcher: Searcher
-    k: int = 5
-    min_score: float | None = None
-    filters: Filters = Filters()
+        model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = self.searcher.search(query, self.k, min_score=self.min_score, filters=self.filters)
-        return [hit_to_document(h) for h in hits]
+        searcher: Searcher
+        k: int = 5
+        min_score: float | None = None
+        filters: Filters = Filters()
+
+        def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+            hits = self.searcher.search(query, self.k, min_score=self.min_score, filters=self.filters)
+            return [hit_to_document(h) for h in hits]
+
+    LessonRetriever.__module__ = __name__
+    return LessonRetriever
+
+
+def __getattr__(name: str) -> Any:
+    """`LessonRetriever` is defined on first use: langchain_core.retrievers imports LangSmith's tracing (about a
+    second on a cold start here), which a search through `Searcher` never needs."""
+    if name == "LessonRetriever":
+        globals()[name] = retriever = _lesson_retriever()
+        return retriever
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """Opening the index together with the embedder it needs, as every entry point (CLI, UI, evaluation) does."""
 from __future__ import annotations
 
+from rag import profiling
 from rag.embedder_loading import load_embeddings
 from rag.embeddings import E5Embeddings, EmbedderIdentity
 from rag.index import LessonIndex, make_client, recorded_identity
@@ -24,18 +25,23 @@ def embed_backend(settings: Settings, recorded: EmbedderIdentity | None) -> str:
 
 def open_index(settings: Settings, *, rebuild: bool = False, create: bool = True, announce: bool = True) -> tuple[LessonIndex, E5Embeddings]:
     """The index and its embedder: the one that built the index unless the user chose one."""
-    recorded = None if rebuild else recorded_identity(make_client(settings), settings.collection)
+    with profiling.stage("index open"):
+        recorded = None if rebuild else recorded_identity(make_client(settings), settings.collection)
     use_recorded = recorded is not None and not embedder_chosen(settings)
     spec = recorded.spec if use_recorded else settings.embedder
-    embeddings = load_embeddings(spec, hub_timeout_s=settings.hub_timeout_s, batch_size=settings.embed_batch_size,
-                                 announce=announce, reason="the embedder that built this index" if use_recorded else None,
-                                 backend=embed_backend(settings, recorded))
-    return LessonIndex.open(settings, embeddings.identity, rebuild=rebuild, create=create), embeddings
+    with profiling.stage("model load"):
+        embeddings = load_embeddings(spec, hub_timeout_s=settings.hub_timeout_s, batch_size=settings.embed_batch_size,
+                                     announce=announce, reason="the embedder that built this index" if use_recorded else None,
+                                     backend=embed_backend(settings, recorded))
+    with profiling.stage("index open"):
+        index = LessonIndex.open(settings, embeddings.identity, rebuild=rebuild, create=create)
+    return index, embeddings
 
 
 def make_ranker(settings: Settings, index: LessonIndex, embeddings: E5Embeddings) -> Ranker:
     """The ranker the settings ask for (rag.ranking.RANKERS names them; all score hits by dense cosine)."""
-    return make_method_ranker(settings.retrieval_method, index, embeddings)
+    with profiling.stage("lexical load" if settings.retrieval_method != "dense" else "ranker open"):
+        return make_method_ranker(settings.retrieval_method, index, embeddings)
 
 
 def open_searcher(settings: Settings, *, announce: bool = True) -> Searcher:

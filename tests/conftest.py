@@ -20,6 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 for _name in [n for n in os.environ if n.startswith("VIMATH_")]:
     del os.environ[_name]
 os.environ["VIMATH_CONFIG"] = str(Path(tempfile.mkdtemp(prefix="vimath-no-config-")) / "absent.toml")
+# The BM25 a process keeps for a Chroma server's collection goes here, not into the developer's ~/.cache.
+os.environ["VIMATH_CACHE_DIR"] = tempfile.mkdtemp(prefix="vimath-cache-")
 
 import pytest  # noqa: E402
 

@@ -70,8 +70,16 @@ def _open_resources(key: tuple[Any, ...], _settings: Settings) -> IndexResources
 
 
 def open_resources(settings: Settings) -> IndexResources:
-    """The index, embedder and searcher, opened once per process for these settings (failures are not cached)."""
-    return _open_resources(index_key(settings), settings)
+    """The index, embedder and searcher, opened once per process for these settings (failures are not cached).
+
+    They follow another process's ingest by themselves (rag.index: the generation marker); only an index rebuilt
+    with another embedder needs them opened again, which happens here, on the next page run.
+    """
+    resources = _open_resources(index_key(settings), settings)
+    if resources.index.embedder_changed():
+        reload_resources()
+        resources = _open_resources(index_key(settings), settings)
+    return resources
 
 
 @st.cache_resource(max_entries=8)

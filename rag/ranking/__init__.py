@@ -6,8 +6,9 @@ method is asked for, so the dense path never loads pyvi or bm25s.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from rag.embeddings import E5Embeddings
@@ -35,3 +36,23 @@ def check_method(name: str) -> str:
 def make_ranker(method: str, index: LessonIndex, embeddings: E5Embeddings) -> Ranker:
     """The ranker of that method over the index (every method scores hits by dense cosine)."""
     return import_module(RANKERS[check_method(method)]).build(index, embeddings)
+
+
+# Modules keeping data derived from the index's chunks (BM25's persisted terms and snapshot) in step with it: the
+# ingest job (rag.ingestion, a layer below the rankers) reaches them by name here, as make_ranker reaches rankers.
+FOLLOWERS: tuple[str, ...] = ("rag.ranking.bm25",)
+
+
+class IndexFollower(Protocol):
+    """Told by the ingest job of the chunks it is about to write, and when its run is over."""
+
+    def before_write(self, texts: Mapping[str, str]) -> None:
+        """{chunk hash: text} of chunks about to be written (before they become visible to readers)."""
+
+    def after_run(self) -> None:
+        """The run's writes are done (made live, for a rebuild that succeeded)."""
+
+
+def index_followers(index: LessonIndex) -> list[IndexFollower]:
+    """A follower per module in FOLLOWERS, for this index (each module has `follow(index)`)."""
+    return [import_module(name).follow(index) for name in FOLLOWERS]

@@ -1,6 +1,7 @@
 """What every ranker is, and the query-vector cache that lets rankers sharing an embedder embed a question once."""
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -23,17 +24,20 @@ class QueryVectorCache(E5Embeddings):
         super().__init__(inner.backend, batch_size=inner.batch_size)
         self.size = size
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()  # one searcher serves many threads (the app's sessions, the API's workers)
 
     @classmethod
     def wrap(cls, embeddings: E5Embeddings) -> QueryVectorCache:
         return embeddings if isinstance(embeddings, QueryVectorCache) else cls(embeddings)
 
     def embed_query(self, text: str) -> list[float]:
-        if text in self._vectors:
-            self._vectors.move_to_end(text)
-            return self._vectors[text]
-        vector = super().embed_query(text)
-        self._vectors[text] = vector
-        while len(self._vectors) > self.size:
-            self._vectors.popitem(last=False)
+        with self._lock:
+            if text in self._vectors:
+                self._vectors.move_to_end(text)
+                return self._vectors[text]
+        vector = super().embed_query(text)  # outside the lock: threads embed different questions at once
+        with self._lock:
+            self._vectors[text] = vector
+            while len(self._vectors) > self.size:
+                self._vectors.popitem(last=False)
         return vector
