@@ -196,20 +196,27 @@ def make_client(settings: Settings, *, fresh: bool = False) -> chromadb.ClientAP
             _forget_store(path)
             _views.pop(path, None)
             view = _views[path] = _View(stamp, _open_embedded(settings))
-        return view.client
+            return view.client
+        return _readable(settings, lambda: view.client)  # the files may have been damaged since it was opened
 
 
 def _open_embedded(settings: Settings) -> chromadb.ClientAPI:
     """A new embedded client; raises IndexDamaged when the store's database cannot be read."""
+    return _readable(settings, lambda: chromadb.PersistentClient(path=str(settings.index_dir), settings=_chroma_settings()))
+
+
+def _readable(settings: Settings, client: Callable[[], chromadb.ClientAPI]) -> chromadb.ClientAPI:
+    """The client, once it has read the database; IndexDamaged (and the cached store dropped) when it cannot."""
     path = str(settings.index_dir)
     try:
-        client = chromadb.PersistentClient(path=path, settings=_chroma_settings())
-        client.list_collections()  # reads the database: damage past its header shows here, not on open
-        return client
+        opened = client()
+        opened.list_collections()  # reads the database: damage past its header shows here, not on open
+        return opened
     except ChromaError as exc:
         # chromadb caches the half-started store of this path: left there, every later client in this process fails
         # with "'RustBindingsAPI' object has no attribute 'bindings'", even after the index is rebuilt.
         _forget_store(path)
+        _views.pop(path, None)
         if any(sign in str(exc) for sign in _DAMAGE_SIGNS):
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise IndexDamaged(
