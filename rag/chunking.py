@@ -12,7 +12,7 @@ from rag.loaders import LoadedDocument, LoadError
 from rag.normalize import nfc
 from rag.schema import ELLIPSIS, join_headings
 
-CHUNKER_VERSION = "2"  # part of every file fingerprint: a new chunker re-chunks everything once
+CHUNKER_VERSION = "3"  # part of every file fingerprint: a new chunker re-chunks everything once (3: chunk kinds)
 
 TokenCounter = Callable[[str], int]
 
@@ -26,6 +26,16 @@ _MARKER = re.compile(
 )
 _SOLUTION = {"giải", "lời giải"}
 _EXAMPLE = re.compile(r"^(ví dụ|bài \d+|hđ|hoạt động)", re.IGNORECASE)
+# What a chunk is, from its markers and headings (stored as metadata "kind"; the ranking prefers theory for how/why).
+KINDS = ("definition", "theorem", "theory", "example", "exercise", "review")
+_MARKER_KIND = (
+    (re.compile(r"^định nghĩa"), "definition"),
+    (re.compile(r"^(định lí|định lý|tính chất|hệ quả|quy tắc|công thức|phương pháp|chú ý|nhận xét)"), "theorem"),
+    (re.compile(r"^(ví dụ|hđ|hoạt động|lời giải|giải)"), "example"),
+    (re.compile(r"^(bài tập|bài \d+)"), "exercise"),
+)
+_REVIEW_HEADING = re.compile(r"bài tập cuối chương|ôn tập|ôn chương|kiểm tra|đề thi|tổng ôn", re.IGNORECASE)
+_EXERCISE_HEADING = re.compile(r"^(bài tập|luyện tập|câu hỏi|trắc nghiệm)|\bbài tập\b|\btrắc nghiệm\b", re.IGNORECASE)
 # Boundaries to split an oversized block at, from the most to the least natural.
 _SPLIT_LEVELS = (re.compile(r"\n\s*\n"), re.compile(r"\n"), re.compile(r"(?<=[.!?;:])\s+"), re.compile(r"\s+"))
 # The heading header may take at most this share of the window (the sample lessons' longest takes 15 %); a longer one,
@@ -53,6 +63,7 @@ class Chunk:
     heading_path: tuple[str, ...]
     ordinal: int
     page: int | None = None
+    kind: str = "theory"  # one of KINDS
 
     @property
     def content_hash(self) -> str:
@@ -91,9 +102,26 @@ def chunk_document(doc: LoadedDocument, title: str, count_tokens: TokenCounter, 
     units = _units(_blocks(doc, title))
     headers = _Headers(count_tokens, int(config.max_tokens * HEADER_SHARE))
     chunks: list[Chunk] = []
-    for headings, page, body in _pack(units, headers, config):
-        chunks.append(Chunk(text=headers.put(headings, body), heading_path=headings, ordinal=len(chunks), page=page))
+    for headings, page, body, kind in _pack(units, headers, config):
+        chunks.append(Chunk(text=headers.put(headings, body), heading_path=headings, ordinal=len(chunks), page=page, kind=kind))
     return chunks
+
+
+def unit_kind(headings: tuple[str, ...], markers: list[str | None]) -> str:
+    """The kind of a piece of a lesson: review and exercise sections by their heading, else by its first marker.
+
+    A worked exercise ("Bài 1." followed by "Giải.") counts as an example: it shows the method, as an example does.
+    """
+    if any(_REVIEW_HEADING.search(h) for h in headings):
+        return "review"
+    named = [m for m in markers if m]
+    first = next((kind for pattern, kind in _MARKER_KIND if named and pattern.match(named[0])), None)
+    solved = any(m in _SOLUTION for m in named)
+    if first == "exercise" and solved:
+        return "example"
+    if headings and _EXERCISE_HEADING.search(headings[-1]) and first not in {"definition", "theorem"}:
+        return "example" if solved else "exercise"
+    return first or "theory"
 
 
 class _Headers:
@@ -213,28 +241,31 @@ def _units(blocks: Iterable[_Block]) -> list[_Unit]:
     return units
 
 
-def _pack(units: list[_Unit], headers: _Headers, config: ChunkerConfig) -> Iterator[tuple[tuple[str, ...], int | None, str]]:
-    """Merge small units of one section up to the target; split big ones without cutting a formula."""
+def _pack(units: list[_Unit], headers: _Headers, config: ChunkerConfig) -> Iterator[tuple[tuple[str, ...], int | None, str, str]]:
+    """Merge small units of one section up to the target; split big ones without cutting a formula.
+
+    A merged chunk takes the kind of its first unit (the block it starts with is what it is about)."""
     count = headers.count
     pending: list[str] = []
-    key: tuple[tuple[str, ...], int | None] | None = None
+    key: tuple[tuple[str, ...], int | None, str] | None = None
     for unit in units:
         headings, page = unit.blocks[0].headings, unit.blocks[0].page
+        kind = unit_kind(headings, [b.marker for b in unit.blocks])
         fits_alone = count(headers.put(headings, unit.text)) <= config.max_tokens
         merged = "\n\n".join(pending + [unit.text])
         if pending and key is not None and key[0] == headings and fits_alone and count(headers.put(headings, merged)) <= config.target_tokens:
             pending.append(unit.text)
             continue
         if pending and key is not None:
-            yield key[0], key[1], "\n\n".join(pending)
-        pending, key = [], (headings, page)
+            yield key[0], key[1], "\n\n".join(pending), key[2]
+        pending, key = [], (headings, page, kind)
         if fits_alone:
             pending = [unit.text]
         else:
             for piece in split_to_fit(unit.text, lambda body: count(headers.put(headings, body)), config.max_tokens):  # noqa: B023 (used at once, inside the loop)
-                yield headings, page, piece
+                yield headings, page, piece, kind
     if pending and key is not None:
-        yield key[0], key[1], "\n\n".join(pending)
+        yield key[0], key[1], "\n\n".join(pending), key[2]
 
 
 def split_to_fit(text: str, count: TokenCounter, limit: int, level: int = 0) -> list[str]:

@@ -25,6 +25,7 @@ from rag.chunking import CHUNKER_VERSION, Chunk, ChunkerConfig, ChunkingWarning,
 from rag.discovery import Outcome, SourceFile, covers
 from rag.discovery import discover as discover  # callers import it from here
 from rag.embeddings import E5Embeddings
+from rag.grades import GradeError, infer_grade
 from rag.index import LessonIndex
 from rag.loaders import LoadError, load
 from rag.normalize import nfc
@@ -66,11 +67,13 @@ class PreparedFile:
     fingerprint: str
     chunks: list[Chunk]
     notes: tuple[str, ...] = ()
+    grade: int | None = None
 
 
-def fingerprint(text: str, config: ChunkerConfig) -> str:
+def fingerprint(text: str, config: ChunkerConfig, grade: int | None = None) -> str:
     """Identifies a file version as chunked: its NFC text and the chunker's version and sizes."""
-    key = f"{CHUNKER_VERSION}\0{config.max_tokens}\0{config.target_tokens}\0{nfc(text)}"
+    # the grade too, so that a teacher's new .vimath.toml re-ingests the files it covers (their vectors are reused)
+    key = f"{CHUNKER_VERSION}\0{config.max_tokens}\0{config.target_tokens}\0{grade}\0{nfc(text)}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
@@ -79,7 +82,7 @@ def chunk_id(source: str, file_hash: str, ordinal: int) -> str:
     return hashlib.sha256(f"{source}\0{file_hash}\0{ordinal}".encode()).hexdigest()[:32]
 
 
-def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int) -> ChunkMeta:
+def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int, grade: int | None = None) -> ChunkMeta:
     """The one place chunk metadata is written (its fields: rag.schema.ChunkMeta)."""
     meta = ChunkMeta(
         source=source,
@@ -89,9 +92,12 @@ def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int) -> Chu
         chunk_hash=chunk.content_hash,
         file_hash=file_hash,
         file_chunks=total,
+        kind=chunk.kind,
     )
     if chunk.page is not None:
         meta["page"] = chunk.page
+    if grade is not None:  # absent when unknown: such material is searched with every grade
+        meta["grade"] = grade
     return meta
 
 
@@ -109,7 +115,11 @@ def prepare_file(file: SourceFile, embeddings: E5Embeddings, config: ChunkerConf
     if not chunks:
         raise LoadError("no text to index")
     notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ChunkingWarning)))
-    return PreparedFile(file, fingerprint(doc.text, config), chunks, notes)
+    try:
+        grade = infer_grade(file.path, file.source)
+    except GradeError as exc:
+        raise LoadError(str(exc)) from exc
+    return PreparedFile(file, fingerprint(doc.text, config, grade), chunks, notes, grade)
 
 
 def check_size(path: Path, max_file_mb: float) -> None:
@@ -218,7 +228,7 @@ class IngestJob:
             progress(len(chunks) - len(missing))
         vectors = np.vstack([fresh.get(c.content_hash, reusable.get(c.content_hash)) for c in chunks])
         ids = [chunk_id(source, file_hash, c.ordinal) for c in chunks]
-        metas = [chunk_metadata(source, file_hash, c, len(chunks)) for c in chunks]
+        metas = [chunk_metadata(source, file_hash, c, len(chunks), prepared.grade) for c in chunks]
         old = set(self.index.ids_of(source))
         for follower in self.followers:  # e.g. BM25 stores the new chunks' terms, before readers can see them
             follower.before_write({c.content_hash: c.text for c in chunks})

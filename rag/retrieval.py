@@ -5,10 +5,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rag.grades import GRADES
 from rag.index import Hit
 from rag.normalize import nfc
 from rag.ranking.base import Ranker
-from rag.schema import CHUNK_HASH, LESSON, SOURCE
+from rag.schema import CHUNK_HASH, GRADE, LESSON, SOURCE
 
 NEAR_DUPLICATE_JACCARD = 0.9
 _OVERFETCH = 3  # candidates per wanted result, so that duplicates removed still leave k
@@ -16,13 +17,22 @@ _OVERFETCH = 3  # candidates per wanted result, so that duplicates removed still
 
 @dataclass(frozen=True)
 class Filters:
-    """Optional metadata filters."""
+    """Optional metadata filters. `grade` keeps that grade's material and the material that has no grade."""
 
     source: str | None = None
     lesson: str | None = None
+    grade: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.grade is not None and self.grade not in GRADES:
+            raise ValueError(f"grade must be one of {GRADES.start}–{GRADES.stop - 1}, not {self.grade!r}")
 
     def where(self) -> dict[str, Any] | None:
-        clauses = [{key: value} for key, value in ((SOURCE, self.source), (LESSON, self.lesson)) if value]
+        clauses: list[dict[str, Any]] = [{key: value} for key, value in ((SOURCE, self.source), (LESSON, self.lesson)) if value]
+        if self.grade is not None:
+            # "$nin" of every other grade, because Chroma has no "field absent" test but $nin admits chunks without
+            # the field: this is "grade == N or no grade" (tests/test_grades.py checks it on a real index)
+            clauses.append({GRADE: {"$nin": [g for g in GRADES if g != self.grade]}})
         if not clauses:
             return None
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}

@@ -24,11 +24,14 @@ class ChunkMeta(TypedDict, total=False):
     file_hash: str  # fingerprint of the file version the chunk belongs to
     file_chunks: int  # how many chunks that file version has (a version is complete when all are stored)
     page: int  # PDF page, when known
+    grade: int  # school grade (rag.grades.infer_grade), absent when unknown: such chunks are searched with every grade
+    kind: str  # definition, theorem, theory, example, exercise or review (rag.chunking.unit_kind)
 
 
 # Field names, for code that must name them (Chroma `where` filters, the eval's label keys).
 SOURCE, LESSON, HEADING_PATH, CHUNK_INDEX = "source", "lesson", "heading_path", "chunk_index"
 CHUNK_HASH, FILE_HASH, FILE_CHUNKS, PAGE = "chunk_hash", "file_hash", "file_chunks", "page"
+GRADE, KIND = "grade", "kind"
 
 
 def join_headings(headings: tuple[str, ...] | list[str]) -> str:

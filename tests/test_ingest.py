@@ -29,6 +29,7 @@ from conftest import stop_process
 from ingest.__main__ import main as ingest_main
 from rag.__main__ import main as rag_main
 from rag.chunking import ChunkerConfig, chunk_document
+from rag.grades import infer_grade
 from rag.index import STAGING_SUFFIX, LessonIndex, SourceState, make_client, recorded_identity
 from rag.ingestion import IngestJob, chunk_id, discover, fingerprint, prepare_file
 from rag.loaders import load
@@ -55,7 +56,8 @@ def states_of(settings: Settings) -> dict[str, SourceState]:
 
 
 def fingerprint_of(path: Path) -> str:
-    return fingerprint(load(path).text, ChunkerConfig(max_tokens=256))
+    """The fingerprint of a lesson copied under its grade folder (lessons_copy/lop10/x.md), grade included."""
+    return fingerprint(load(path).text, ChunkerConfig(max_tokens=256), infer_grade(path, f"{path.parent.name}/{path.name}"))
 
 
 def edit(path: Path, old: str, new: str) -> None:

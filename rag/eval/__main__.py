@@ -68,6 +68,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare-method", choices=METHODS, help="also evaluate this method, side by side")
     parser.add_argument("--all-methods", action="store_true", help="evaluate dense, bm25 and hybrid with the one embedder")
     parser.add_argument("--lessons", type=Path, default=Path("data/lessons"), help="lessons to index when --index is not given")
+    parser.add_argument("--grade-scope", action="store_true",
+                        help="search each question within its own grade (and the material without a grade), as a student who picked it")
+    parser.add_argument("--grade", type=int, choices=range(1, 13), metavar="N",
+                        help="only the questions of grade N, each searched within grade N")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the Markdown report")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for the Markdown and JSON reports")
     add_settings_args(parser)
@@ -137,18 +141,19 @@ def prepare(args: argparse.Namespace, settings: Settings, spec: str, questions: 
     return Prepared(index, cached, location, eval_set)
 
 
-def run_config(config: Config, prepared: Prepared, settings: Settings, dataset: Path, split: str | None) -> RunResult:
+def run_config(config: Config, prepared: Prepared, settings: Settings, dataset: Path, split: str | None,
+               grade_scope: bool = False) -> RunResult:
     """Evaluate one configuration through Searcher + make_ranker, exactly as the chat retrieves."""
     ranker = make_ranker(settings.model_copy(update={"retrieval_method": config.method}), prepared.index, prepared.embeddings)
     eval_set = prepared.eval_set
     identity = prepared.embeddings.identity
     with tqdm(total=len(eval_set.scorable), desc=f"{config.method}", unit="q", file=sys.stderr, disable=None) as bar:
-        summary, results = evaluate(Searcher(ranker), eval_set, progress=bar.update)
+        summary, results = evaluate(Searcher(ranker), eval_set, progress=bar.update, grade_scope=grade_scope)
     short = Path(identity.spec).name if Path(identity.spec).is_absolute() else identity.spec
     return RunResult(name=f"{short} · {config.method}", embedder=identity.describe(), embedder_spec=identity.spec,
                      method=config.method, index=prepared.location, chunks=prepared.index.count(), dataset=str(dataset),
                      split=split, summary=summary, queries=results, unmatched=eval_set.unmatched,
-                     unscorable=[q.question.id for q in eval_set.unscorable])
+                     unscorable=[q.question.id for q in eval_set.unscorable], grade_scope=grade_scope)
 
 
 def keys_for(results: Sequence[RunResult], all_methods: bool) -> list[str]:
@@ -157,10 +162,10 @@ def keys_for(results: Sequence[RunResult], all_methods: bool) -> list[str]:
     return ["a", "b"][: len(results)]
 
 
-def report_stem(split: str | None, dataset: Path, results: Sequence[RunResult], all_methods: bool) -> str:
+def report_stem(split: str | None, dataset: Path, results: Sequence[RunResult], all_methods: bool, scope: str = "") -> str:
     """A file name that says what was evaluated; the same run overwrites its own reports."""
     names = [results[0].name.split(" · ")[0] + " all methods"] if all_methods else [r.name for r in results]
-    raw = f"eval {split or dataset.stem} " + " vs ".join(names)
+    raw = f"eval {split or dataset.stem} {scope} " + " vs ".join(names)
     return re.sub(r"[^A-Za-z0-9._]+", "-", raw).strip("-")[:150]
 
 
@@ -173,15 +178,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not dataset.exists():
             raise FileNotFoundError(f"no questions file {dataset} (build the splits: python data/eval/build_splits.py)")
         questions = load_questions(dataset, split)
+        if args.grade is not None:
+            questions = [q for q in questions if q.grade == args.grade]
         if not questions:
-            raise DatasetError(f"{dataset}: no questions" + (f" with split {split!r}" if split else ""))
+            raise DatasetError(f"{dataset}: no questions" + (f" with split {split!r}" if split else "")
+                               + (f" of grade {args.grade}" if args.grade is not None else ""))
+        grade_scope = args.grade_scope or args.grade is not None
         wanted = configs(args, settings)
         prepared: dict[str, Prepared] = {}
         results: list[RunResult] = []
         for config in wanted:
             if config.embedder not in prepared:
                 prepared[config.embedder] = prepare(args, settings, config.embedder, questions)
-            results.append(run_config(config, prepared[config.embedder], settings, dataset, split))
+            results.append(run_config(config, prepared[config.embedder], settings, dataset, split, grade_scope))
     except (VimathError, FileNotFoundError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -190,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["python -m rag.eval", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
     text = markdown(results, keys, title, command)
     payload = comparison_json(results, keys)
-    md, js = write_reports(args.out, report_stem(split, dataset, results, args.all_methods), text, payload)
+    scope = f"grade{args.grade}" if args.grade is not None else "grade-scope" if args.grade_scope else ""
+    md, js = write_reports(args.out, report_stem(split, dataset, results, args.all_methods, scope), text, payload)
     print(f"Reports: {md}, {js}", file=sys.stderr)
     print(json.dumps(payload, ensure_ascii=False) if args.json else text)
     return EXIT_OK

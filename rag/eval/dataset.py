@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rag.errors import VimathError
+from rag.grades import grade_from_name
 from rag.index import LessonIndex, StoredChunk
 from rag.normalize import nfc
 from rag.schema import HEADING_PATH, SOURCE, split_headings
@@ -153,8 +154,15 @@ class Question:
     correct: tuple[Label, ...]
     related: tuple[Label, ...] = ()
     type: str | None = None
-    grade: int | None = None
-    style: str | None = None
+    grade: int | None = None  # the student's grade: given, else that of the correct labels' folders
+    style: str | None = None  # how it is written (STYLES), for the per-style report
+
+
+def label_grade(labels: Sequence[Label]) -> int | None:
+    """The grade the correct labels' files lie in ("lop10/…" → 10), when they all agree on one."""
+    grades = {grade_from_name(part) for label in labels for source in label.sources for part in source.split("/")[:-1]}
+    grades.discard(None)
+    return grades.pop() if len(grades) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -246,8 +254,10 @@ class EvalSet:
 def parse_question(raw: Any) -> Question:
     """A question from its JSON object (raises ValueError)."""
     record = _validated(QuestionRecord, raw)
-    return Question(record.id, record.question, record.split, tuple(Label.parse(x.model_dump(exclude_none=True)) for x in record.correct),
-                    tuple(Label.parse(x.model_dump(exclude_none=True)) for x in record.related), record.type, record.grade, record.style)
+    correct = tuple(Label.parse(x.model_dump(exclude_none=True)) for x in record.correct)
+    return Question(record.id, record.question, record.split, correct,
+                    tuple(Label.parse(x.model_dump(exclude_none=True)) for x in record.related), record.type,
+                    record.grade if record.grade is not None else label_grade(correct), record.style)
 
 
 def load_questions(path: Path, split: str | None = None) -> list[Question]:

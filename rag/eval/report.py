@@ -47,6 +47,8 @@ class QueryResult:
     hits: tuple[Shown, ...]
     values: dict[str, float]
     related_first: bool
+    grade: int | None = None
+    style: str | None = None
 
     @property
     def first_correct_rank(self) -> int | None:
@@ -60,7 +62,7 @@ class QueryResult:
     def to_json(self) -> dict[str, Any]:
         top = self.hits[0] if self.hits else None
         return {
-            "id": self.id, "question": self.question, "type": self.type,
+            "id": self.id, "question": self.question, "type": self.type, "grade": self.grade, "style": self.style,
             "first_correct_rank": self.first_correct_rank, "related_first": self.related_first,
             "top1": None if top is None else {"id": top.id, "source": top.source, "heading_path": top.heading_path,
                                               "score": round(top.score, 6), "related": top.id in self.related,
@@ -86,6 +88,7 @@ class RunResult:
     queries: list[QueryResult]
     unmatched: list[Unmatched] = field(default_factory=list)
     unscorable: list[str] = field(default_factory=list)
+    grade_scope: bool = False  # each question searched within its own grade (and material without a grade)
 
     @property
     def failed(self) -> list[QueryResult]:
@@ -105,9 +108,40 @@ class RunResult:
             "dataset": self.dataset,
             "split": self.split,
             "k": DEPTH,
+            "grade_scope": self.grade_scope,
+            "by_grade": breakdown(self.queries, "grade"),
+            "by_style": breakdown(self.queries, "style"),
             "failed": [q.to_json() for q in self.failed],
             "per_query": [q.to_json() for q in self.queries],
         }
+
+
+BREAKDOWN_METRICS = ("MRR@10", "Hit@1", "Hit@5", "nDCG@10")
+
+
+def breakdown(queries: Sequence[QueryResult], attribute: str) -> dict[str, dict[str, float]]:
+    """Mean metrics per value of a question attribute ("grade" or "style"; "none" when a question has none)."""
+    groups: dict[str, list[QueryResult]] = {}
+    for q in queries:
+        groups.setdefault(str(getattr(q, attribute) if getattr(q, attribute) is not None else "none"), []).append(q)
+    return {value: {"questions": float(len(members)),
+                    **{m: sum(q.values[m] for q in members) / len(members) for m in BREAKDOWN_METRICS}}
+            for value, members in sorted(groups.items())}
+
+
+def breakdown_table(results: Sequence[RunResult], keys: Sequence[str], attribute: str) -> list[str]:
+    """MRR@10 and Hit@5 per grade or style, one column pair per configuration."""
+    tables = [breakdown(r.queries, attribute) for r in results]
+    values = sorted({v for t in tables for v in t})
+    if values == ["none"]:
+        return [f"No question has a {attribute}.", ""]
+    head = [attribute.capitalize(), "Questions", *(f"{k} {m}" for k in keys for m in ("MRR@10", "Hit@5"))]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for value in values:
+        count = next(int(t[value]["questions"]) for t in tables if value in t)
+        cells = [_fmt(t[value][m]) if value in t else "–" for t in tables for m in ("MRR@10", "Hit@5")]
+        lines.append("| " + " | ".join([value, str(count), *cells]) + " |")
+    return lines + [""]
 
 
 def diff(a: RunResult, b: RunResult) -> dict[str, float]:
@@ -185,6 +219,11 @@ def markdown(results: Sequence[RunResult], keys: Sequence[str], title: str, comm
     for key, r in zip(keys, results):
         lines.append(f"| {key} | {_cell(r.embedder)} | {r.method} | `{r.index}` | {r.chunks} | {len(r.queries)} |")
     lines += ["", *metrics_table(results, keys), ""]
+    scope = ("each question searched within its own grade and the material without a grade (--grade-scope)"
+             if first.grade_scope else "every grade searched")
+    lines += [f"Grade scope: {scope}.", ""]
+    lines += ["## By grade", "", *breakdown_table(results, keys, "grade")]
+    lines += ["## By question style", "", *breakdown_table(results, keys, "style")]
     lines += ["## Labels that match no chunk", ""]
     for key, r in zip(keys, results):
         if r.unmatched or r.unscorable:

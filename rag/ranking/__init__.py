@@ -20,6 +20,7 @@ RANKERS: dict[str, str] = {
     "dense": "rag.ranking.dense",
     "bm25": "rag.ranking.bm25",
     "hybrid": "rag.ranking.hybrid",
+    "lesson": "rag.ranking.lesson",  # hybrid + lesson evidence + kind prior + MCQ stem/options
 }
 METHODS: tuple[str, ...] = tuple(RANKERS)
 # hybrid beat dense on every metric of the validation split (python -m rag.eval --split validation --all-methods)

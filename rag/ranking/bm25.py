@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from rag import mathnorm
 from rag.embeddings import E5Embeddings
 from rag.index import Hit, LessonIndex, StoredChunk
 from rag.normalize import nfc
@@ -39,7 +40,7 @@ from rag.ranking.lexical_store import BM25Matrix, LexicalStore
 from rag.schema import CHUNK_HASH
 
 FRESHNESS_S = 5.0  # over a Chroma server (no marker file): how often the content key is recomputed
-ANALYZER_VERSION = "1"  # part of the cache key: a new analyzer must not reuse old token lists
+ANALYZER_VERSION = "2"  # part of the cache key: a new analyzer must not reuse old token lists (2: math terms)
 _CACHE_SIZE = 4
 _WORD = re.compile(r"\w+")
 
@@ -73,14 +74,17 @@ def words(text: str) -> list[str]:
 
 
 def analyze(text: str) -> list[str]:
-    """BM25 terms: the segmented words, plus the diacritics-free syllables of those that have diacritics.
+    """BM25 terms: the segmented words of the math-normalised text, the diacritics-free syllables of those that have
+    diacritics, and the math terms (`x^3`, `>=`, `1/3`, `sqrt`) that the word tokenizer would break apart.
 
     The folded syllables let "dao ham" (which pyvi does not join into one word) meet "đạo_hàm"; the same analyzer
-    runs on questions and chunks, so an accented question also matches at syllable level.
+    runs on questions and chunks, so an accented question also matches at syllable level. `rag.mathnorm.canonical`
+    makes "x3 – 6x2", "$x^3 - 6x^2$" and "x^3 − 6x^2" the same words.
     """
-    terms = words(text)
+    canonical = mathnorm.canonical(text)
+    terms = words(canonical)
     folded = [syllable for term in terms if strip_diacritics(term) != term for syllable in strip_diacritics(term).split("_")]
-    return terms + folded
+    return terms + folded + mathnorm.math_terms(canonical)
 
 
 @dataclass
