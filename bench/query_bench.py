@@ -19,7 +19,7 @@ import numpy as np
 from rag.answering import fit_budget
 from rag.index import LessonIndex
 from rag.prompts import format_chunk, tutor_template
-from rag.retrieval import Searcher
+from rag.retrieval import Filters, Searcher
 from rag.settings import Settings
 from rag.workspace import make_ranker, open_index
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def questions() -> list[str]:
     rows = [json.loads(line) for f in sorted((ROOT / "data/eval/parts").glob("*.jsonl")) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["question"] for r in rows if r.get("split") in {"validation", "sanity"}]
+    return [r["question"] for r in rows if r.get("split") in {"validation", "sanity"}]  # never test
 
 
 def build_prompt(question: str, hits, settings: Settings) -> int:
@@ -42,7 +42,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": 1000 * statistics.median(samples), "p95_ms": 1000 * qs[94]}
 
 
-def measure(index: LessonIndex, embeddings, settings: Settings, qs: list[str], rounds: int) -> dict:
+def measure(index: LessonIndex, embeddings, settings: Settings, qs: list[str], rounds: int, filters: Filters = Filters()) -> dict:
     searcher = Searcher(make_ranker(settings, index, embeddings))
     embed_only, full = [], []
     for _ in range(rounds):
@@ -51,10 +51,10 @@ def measure(index: LessonIndex, embeddings, settings: Settings, qs: list[str], r
             embeddings.embed_query(q)
             embed_only.append(time.perf_counter() - started)
             started = time.perf_counter()
-            hits = searcher.search(q, settings.top_k)
+            hits = searcher.search(q, settings.top_k, filters=filters)
             build_prompt(q, hits, settings)
             full.append(time.perf_counter() - started)
-    result = {"method": settings.retrieval_method, "chunks": index.count(), "queries": len(full),
+    result = {"method": settings.retrieval_method, "grade": filters.grade, "chunks": index.count(), "queries": len(full),
               "embed": percentiles(embed_only), "full": percentiles(full)}
     result["beyond_embedding_p50_ms"] = result["full"]["p50_ms"] - result["embed"]["p50_ms"]
     result["beyond_embedding_p95_ms"] = result["full"]["p95_ms"] - result["embed"]["p95_ms"]
@@ -71,7 +71,8 @@ def synthetic_index(settings: Settings, embeddings, size: int, texts: list[str])
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         ids = [f"syn{start + i}" for i in range(n)]
         metas = [{"source": f"syn/{(start + i) // 15}.md", "heading_path": "Bài", "chunk_hash": f"s{start + i}",
-                  "file_hash": "syn", "file_chunks": 1, "chunk_index": 0, "lesson": "Bài"} for i in range(n)]
+                  "file_hash": "syn", "file_chunks": 1, "chunk_index": 0, "lesson": "Bài", "kind": "theory",
+                  **({"grade": 10 + (start + i) % 3} if (start + i) % 10 else {})} for i in range(n)]  # 10% without a grade
         index.upsert(ids, vectors, [texts[(start + i) % len(texts)] + f" #{start + i}" for i in range(n)], metas)
     return index
 
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/query.json")
+    parser.add_argument("--methods", default="dense,hybrid,lesson", help="comma-separated ranking methods")
+    parser.add_argument("--grade", type=int, default=None, help="also measure each method within this grade")
     args = parser.parse_args()
     settings = Settings(index_dir=args.index)
     index, embeddings = open_index(settings, create=False, announce=False)
@@ -91,9 +94,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         syn_settings = Settings(index_dir=Path(tmp), collection="synthetic_bench")
         synthetic = synthetic_index(syn_settings, embeddings, args.synthetic, texts)
-        for method in ("dense", "hybrid"):
+        for method in args.methods.split(","):
             results[f"sample_{method}"] = measure(index, embeddings, settings.model_copy(update={"retrieval_method": method}), qs, args.rounds)
             results[f"synthetic_{method}"] = measure(synthetic, embeddings, syn_settings.model_copy(update={"retrieval_method": method}), qs, args.rounds)
+            if args.grade is not None:
+                results[f"synthetic_{method}_grade{args.grade}"] = measure(
+                    synthetic, embeddings, syn_settings.model_copy(update={"retrieval_method": method}), qs, args.rounds, Filters(grade=args.grade))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

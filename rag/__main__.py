@@ -63,7 +63,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     searcher = open_searcher(settings)
     k = args.k or settings.top_k
-    filters = Filters(source=args.source, lesson=args.lesson)
+    filters = Filters(source=args.source, lesson=args.lesson, grade=args.grade)
     for query in queries:
         with profiling.stage("query"):
             hits = searcher.search(query, k, filters=filters)
@@ -97,7 +97,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not question:
         print("Error: give a question, e.g. python -m rag ask \"Hàm số đồng biến khi nào?\"", file=sys.stderr)
         return EXIT_ERROR
-    stream = Tutor(open_searcher(settings), settings).stream(question, k=args.k)
+    stream = Tutor(open_searcher(settings), settings).stream(question, k=args.k, filters=Filters(grade=args.grade))
     for delta in stream:
         if not args.json:
             print(delta, end="", flush=True)
@@ -143,6 +143,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_grade_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grade", type=int, choices=range(1, 13), metavar="N",
+                        help="only material of grade N and material without a grade (rag/grades.py says how a file gets one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rag", description="vimath-tutor: search and answer over the lesson index.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,12 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--source", help="only chunks of this source file")
     search.add_argument("--lesson", help="only chunks of this lesson (its title)")
     search.add_argument("--profile", action="store_true", help="print where the time went (import, model load, index open, lexical load, query) to stderr")
+    add_grade_arg(search)
     add_settings_args(search, "retrieval_method")
     search.set_defaults(run=cmd_search)
     ask = sub.add_parser("ask", help="answer a question from the material through Ollama, citing it")
     ask.add_argument("question", help="the question (Vietnamese)")
     ask.add_argument("-k", type=int, default=None, help="number of chunks to retrieve")
     ask.add_argument("--json", action="store_true", help="print the answer record as JSON")
+    add_grade_arg(ask)
     add_settings_args(ask, "retrieval_method", "ollama_url", "ollama_model", "temperature", "num_ctx", "min_score", "llm_timeout_s")
     ask.set_defaults(run=cmd_ask)
     serve = sub.add_parser("serve", help="run the HTTP API (FastAPI + uvicorn; docs at /docs)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Iterator, Sequence
 
@@ -24,6 +24,10 @@ _MESSAGE_OVERHEAD = 8
 _CTX_STEP = 1024
 NOT_COVERED = ("Tài liệu của giáo viên hiện chưa đề cập rõ đến câu hỏi này, nên mình không trả lời để tránh đoán sai. "
                "Em xem thử các đoạn gần nhất bên dưới hoặc hỏi thầy cô nhé.")
+NOT_IN_GRADE = ("Tài liệu lớp {grade} chưa có nội dung đủ sát với câu hỏi này, nên mình không trả lời để tránh đoán sai.")
+OTHER_GRADES = (" Mình thấy nội dung liên quan trong tài liệu {grades}: nếu câu hỏi thuộc lớp khác, em chọn lớp đó "
+                "(hoặc \"Tất cả\") ở thanh bên rồi hỏi lại nhé.")
+NO_OTHER_GRADE = " Các lớp khác cũng chưa có nội dung phù hợp; em hỏi thầy cô nhé."
 CONTEXT_TOO_SMALL = ("Ngữ cảnh của mô hình quá nhỏ cho dù chỉ một đoạn tài liệu; hãy tăng VIMATH_NUM_CTX "
                      "(hiện là {num_ctx}).")
 
@@ -102,6 +106,7 @@ class Answer:
     notice: str = ""  # what the system (not the model) tells the student, in Vietnamese
     retrieved: list[Hit] = field(default_factory=list)
     context_size: int = 0  # how many of the retrieved chunks went into the prompt (numbered 1..context_size)
+    other_grades: list[int] = field(default_factory=list)  # grades whose material clears the guard when the chosen one did not
     cited: list[int] = field(default_factory=list)
     invalid_citations: list[int] = field(default_factory=list)
     model: str = ""
@@ -189,6 +194,25 @@ def fallback_standalone(question: str, history: Sequence[Turn]) -> str:
     return f"{history[-1].question} {question}" if history else question
 
 
+def covered(hits: Sequence[Hit], min_score: float) -> bool:
+    """Whether the material covers the question: some hit clears the guard. max, not the first: hybrid and BM25
+    order by their own scores, while `score` is always the dense cosine."""
+    return bool(hits) and max(h.score for h in hits) >= min_score
+
+
+def other_grades(searcher: Searcher, question: str, k: int, filters: Filters, min_score: float) -> list[int]:
+    """The grades (other than the filter's) whose material clears the guard for the question, in order."""
+    wider = searcher.search(question, k, min_score=min_score, filters=replace(filters, grade=None))
+    return sorted({int(h.metadata["grade"]) for h in wider if h.metadata.get("grade") not in (None, filters.grade)})
+
+
+def not_in_grade_notice(grade: int, others: Sequence[int]) -> str:
+    """What the student reads when their grade's material does not cover the question (Vietnamese)."""
+    if not others:
+        return NOT_IN_GRADE.format(grade=grade) + NO_OTHER_GRADE
+    return NOT_IN_GRADE.format(grade=grade) + OTHER_GRADES.format(grades=", ".join(f"lớp {g}" for g in others))
+
+
 class Tutor:
     """Answers a student's question from the indexed material through Ollama, streaming."""
 
@@ -263,9 +287,11 @@ class AnswerStream:
         answer.standalone_question, failure = tutor.condense(answer.question, self.history)
         answer.retrieved = tutor.searcher.search(answer.standalone_question, self.k, filters=self.filters)
         answer.timings.retrieval_s = time.perf_counter() - started
-        # max, not the first: hybrid and BM25 order by their own scores, while `score` is always the dense cosine
-        if not answer.retrieved or max(h.score for h in answer.retrieved) < settings.min_score:
+        if not covered(answer.retrieved, settings.min_score):
             answer.status, answer.notice = AnswerStatus.NOT_COVERED, NOT_COVERED
+            if self.filters.grade is not None:  # say so and offer the other grades; never widen silently
+                answer.other_grades = other_grades(tutor.searcher, answer.standalone_question, self.k, self.filters, settings.min_score)
+                answer.notice = not_in_grade_notice(self.filters.grade, answer.other_grades)
             return None
         if failure in {Failure.UNREACHABLE, Failure.MODEL_MISSING}:
             answer.status, answer.notice = AnswerStatus.of(failure), failure_message(failure, settings)

@@ -14,6 +14,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 import tomllib
+import unicodedata
 
 from rag.errors import VimathError
 from rag.normalize import nfc
@@ -29,10 +30,10 @@ class GradeError(VimathError, ValueError):
 
 
 def _fold(name: str) -> str:
-    """Lower case without Vietnamese tone marks ("Lớp 10" → "lop 10", "Khối" → "khoi")."""
-    from rag.ranking.bm25 import strip_diacritics  # one implementation of the folding
-
-    return strip_diacritics(nfc(name)).lower()
+    """Lower case without Vietnamese tone marks ("Lớp 10" → "lop 10", "Khối" → "khoi"); names only, so the
+    accents are simply dropped (the BM25 analyzer has its own folding, a layer above)."""
+    decomposed = unicodedata.normalize("NFD", nfc(name).lower().replace("đ", "d"))
+    return "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
 
 
 def grade_from_name(name: str) -> int | None:

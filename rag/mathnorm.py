@@ -31,11 +31,12 @@ _COMMANDS = {
     "emptyset": "∅", "varnothing": "∅", "circ": "°", "degree": "°", "approx": "≈", "perp": "⊥", "parallel": "∥",
     "int": "∫", "left": "", "right": "", "big": "", "Big": "", "bigg": "", "displaystyle": "", "limits": "", "nolimits": "",
     "quad": " ", "qquad": " ", ",": " ", ";": " ", "!": "", ":": " ", " ": " ", "{": "(", "}": ")",
+    "(": "", ")": "", "[": "", "]": "",  # the \( \) \[ \] formula delimiters
 }
 _UNWRAP = {"text", "mathrm", "mathbf", "mathit", "operatorname", "textbf", "textit", "mbox", "mathbb", "boldsymbol"}
 _VECTOR = {"overrightarrow", "vec", "overline", "widehat", "hat"}
 _FRACTIONS = {"frac", "dfrac", "tfrac", "cfrac"}
-_COMMAND_RE = re.compile(r"\\([A-Za-z]+|[,;!: {}])")
+_COMMAND_RE = re.compile(r"\\([A-Za-z]+|[,;!: {}()\[\]])")
 _ATOM = re.compile(r"^\s*-?[\w.]+\s*$")
 _SPACES = re.compile(r"[ \t]+")
 

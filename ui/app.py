@@ -17,6 +17,7 @@ from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 from rag.answering import Answer, AnswerStatus, Turn  # noqa: E402
 from rag.conversation_log import ConversationLog  # noqa: E402
 from rag.index import Hit  # noqa: E402
+from rag.retrieval import Filters  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 from ui.common import (  # noqa: E402
     LOG_UNAVAILABLE_FOR_STUDENTS,
@@ -37,6 +38,9 @@ SOURCES_LABEL = "Nguồn"
 CLOSEST_LABEL = "Các đoạn tài liệu liên quan nhất"
 SHOW_ALL_LABEL = "Hiện tất cả đoạn đã truy xuất"
 _TOP_K_MAX = 20
+GRADE_LABEL = "Lớp của em"
+ALL_GRADES = "Tất cả"
+GRADE_CHOICES = (None, 10, 11, 12)  # None: every grade
 WELCOME = ("Chào em! Mình là gia sư Toán, trả lời dựa trên tài liệu bài học của thầy cô và luôn ghi rõ nguồn. "
            "Em hãy đặt câu hỏi về bài học ở ô bên dưới nhé.")
 
@@ -106,12 +110,20 @@ def sidebar(settings: Settings, resources: IndexResources | None) -> tuple[int, 
         sidebar_index(settings, resources)
         sidebar_llm(settings)
         st.subheader("Tuỳ chọn")
+        st.selectbox(GRADE_LABEL, GRADE_CHOICES, key="grade", format_func=lambda g: ALL_GRADES if g is None else f"Lớp {g}",
+                     help="Chỉ tìm trong tài liệu của lớp này (và tài liệu chung không ghi lớp).")
         k = st.slider("Số đoạn tài liệu truy xuất (top-k)", 1, max(_TOP_K_MAX, settings.top_k), settings.top_k, key="top_k")
         show_all = st.toggle(SHOW_ALL_LABEL, key="show_all", help="Dành cho giáo viên: mọi đoạn tìm được, kể cả đoạn không được trích dẫn.")
         st.button("Cuộc trò chuyện mới", on_click=new_conversation, icon=":material/add_comment:", width="stretch")
         if st.session_state.get("log_error"):
             st.caption(st.session_state.log_error)
     return k, show_all
+
+
+def chosen_grade() -> int | None:
+    """The grade the student picked in the sidebar (remembered for the session); None for every grade."""
+    grade = st.session_state.get("grade")
+    return grade if grade in GRADE_CHOICES else None
 
 
 def render_hits(hits: list[Hit], numbers: list[int]) -> None:
@@ -227,7 +239,7 @@ def answer_question(question: str, settings: Settings, resources: IndexResources
     with st.chat_message("assistant"):
         slot = st.empty()
         slot.markdown("_Đang tìm trong tài liệu…_")
-        stream = tutor(settings, resources).stream(question, history(chat), k=k)
+        stream = tutor(settings, resources).stream(question, history(chat), k=k, filters=Filters(grade=chosen_grade()))
         try:
             stream_into(slot, stream)
         except Exception as exc:  # retrieval itself failed (the tutor handles every LLM failure)

@@ -21,8 +21,9 @@ Every constant was chosen on the validation split (bench/tune_ranking.py prints 
 """
 from __future__ import annotations
 
+import json
 import re
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from rag.embeddings import E5Embeddings
 from rag.index import Hit, LessonIndex
 from rag.mathnorm import for_embedding
 from rag.ranking.base import QueryVectorCache
-from rag.ranking.bm25 import BM25Ranker, hits_for
+from rag.ranking.bm25 import BM25Ranker, allowed_ids, hits_for
 from rag.schema import HEADING_PATH, KIND, SOURCE
 
 RRF_K = 60
@@ -43,6 +44,7 @@ SECTION_WEIGHT = 0.0
 OPTIONS_WEIGHT = 0.5
 KIND_PRIOR = {"exercise": 0.9, "review": 0.85}  # other kinds 1.0
 
+_ALLOWED_CACHE = 16
 _OPTION = re.compile(r"(?:^|(?<=\s))\(?([A-D])[.):]\s+", re.MULTILINE)
 
 
@@ -59,6 +61,8 @@ class Params:
     section_weight: float = SECTION_WEIGHT
     options_weight: float = OPTIONS_WEIGHT
     kind_prior: tuple[tuple[str, float], ...] = tuple(KIND_PRIOR.items())
+    split_options: bool = True  # rank an MCQ's stem and options apart
+    latex_query: bool = True  # embed the question with its plain-text math in LaTeX style (rag.mathnorm.for_embedding)
 
 
 def split_mcq(question: str) -> tuple[str, str | None]:
@@ -130,15 +134,28 @@ class LessonRanker:
         self.embeddings = embeddings
         self.lexical = lexical
         self.params = params
+        self._allowed: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
+
+    def allowed(self, where: dict[str, Any] | None) -> set[str] | None:
+        """Ids a filter admits, for BM25 to filter exactly as the dense search; remembered per collection content,
+        since reading them for a grade at 10,000 chunks costs tens of ms, more than the whole query budget."""
+        if where is None:
+            return None
+        key = (self.lexical.current().key, json.dumps(where, sort_keys=True))
+        if key not in self._allowed:
+            self._allowed[key] = allowed_ids(self.index, where)
+            while len(self._allowed) > _ALLOWED_CACHE:
+                self._allowed.popitem(last=False)
+        return self._allowed[key]
 
     def candidates(self, query: str, where: dict[str, Any] | None) -> tuple[list[float], list[Hit], list[tuple[str, float]]]:
         """The query vector (the query in the lessons' LaTeX style), the dense hits and the BM25 (id, score) pairs."""
         pool = self.params.pool
-        vector = self.embeddings.embed_query(for_embedding(query))
-        return vector, self.index.search(vector, pool, where), self.lexical.top(query, pool, where)
+        vector = self.embeddings.embed_query(for_embedding(query) if self.params.latex_query else query)
+        return vector, self.index.search(vector, pool, where), self.lexical.current().top(query, pool, self.allowed(where))
 
     def rank(self, query: str, k: int, where: dict[str, Any] | None) -> list[Hit]:
-        stem, options = split_mcq(query)
+        stem, options = split_mcq(query) if self.params.split_options else (query, None)
         parts = [stem] if options is None else [stem, options]
         hits: dict[str, Hit] = {}
         bm25: dict[str, float] = {}
