@@ -18,6 +18,7 @@ from rag.cli_args import add_settings_args, settings_from_args
 from rag.eval.__main__ import built_index
 from rag.eval.dataset import load_questions, resolve_against
 from rag.mathnorm import for_embedding
+from rag.ranking.base import QueryVectorCache
 from rag.ranking.bm25 import BM25Ranker
 from rag.ranking.lesson import Params, combine, final_scores, split_mcq
 from rag.retrieval import Filters
@@ -107,6 +108,7 @@ def main() -> None:
     index, embeddings, _ = built_index(settings, settings.embedder, args.lessons)
     questions = load_questions(ROOT / f"data/eval/{args.split}.jsonl", args.split)
     eval_set = resolve_against(index, questions)
+    embeddings = QueryVectorCache(embeddings, size=100_000)  # each distinct text embedded once across scopes
     lexical = BM25Ranker(index, embeddings)
     data, meta = collect(index, embeddings, lexical, eval_set.scorable, max(GRID["pool"]))
     baseline = Params(pool=30, lesson_weight=0.0, section_weight=0.0, kind_prior=(), split_options=False, latex_query=False)

@@ -113,3 +113,20 @@ def test_bad_dataset_is_an_error(workdir: Path, monkeypatch: pytest.MonkeyPatch,
     (workdir / "bad.jsonl").write_text('{"id": "x", "question": "?", "split": "test", "correct": [{"chunk_id": "abc"}]}\n', encoding="utf-8")
     assert main(["--dataset", "bad.jsonl", "--lessons", "lessons", "--embedder", "bundled"]) == 1
     assert "never chunk ids" in capsys.readouterr().err
+
+
+def test_grade_scope_and_the_report_by_grade_and_style(workdir: Path, first_run: tuple[int, Any, str]) -> None:
+    # the questions carry no grade: it comes from their correct labels' folders (t-xs has a span only: no grade)
+    assert first_run[1]["by_grade"].keys() == {"10", "11", "12", "none"}
+    assert first_run[1]["by_grade"]["11"]["questions"] == 1
+    assert first_run[1]["by_style"].keys() == {"none"}
+    assert first_run[1]["grade_scope"] is False
+    code, result, _ = run(workdir, "--method", "dense", "--grade-scope")
+    assert code == 0 and result["grade_scope"] is True
+    # t-fail (grade 10, asks about the grade-11 lesson) can no longer be led astray by the grade-11 chunk
+    fail = next(q for q in result["per_query"] if q["id"] == "t-fail")
+    assert fail["first_correct_rank"] == 1
+    code, result, _ = run(workdir, "--method", "dense", "--grade", "12")
+    assert code == 0 and result["queries"] == 1 and set(result["by_grade"]) == {"12"}
+    report = max((workdir / "reports").glob("*grade12*.md"), key=lambda p: p.stat().st_mtime).read_text(encoding="utf-8")
+    assert "## By grade" in report and "## By question style" in report

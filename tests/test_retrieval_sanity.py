@@ -38,7 +38,7 @@ def test_the_sanity_questions_are_well_formed() -> None:
         assert label["span"] in text, (q["id"], label["span"])
 
 
-@pytest.mark.parametrize("method", ["dense", "hybrid"])
+@pytest.mark.parametrize("method", ["dense", "hybrid", "lesson"])
 def test_the_right_lesson_is_in_the_top_3(sample_index: Settings, method: str) -> None:
     searcher = open_searcher(sample_index.model_copy(update={"retrieval_method": method}), announce=False)
     questions = sanity_questions()

@@ -19,7 +19,7 @@ def search_json(capsys: pytest.CaptureFixture[str], index: Settings, *args: str)
     return json.loads(out)
 
 
-@pytest.mark.parametrize("method", [None, "dense", "hybrid", "bm25"])
+@pytest.mark.parametrize("method", [None, "dense", "hybrid", "bm25", "lesson"])
 def test_json_results_are_ranked_records(sample_index: Settings, capsys: pytest.CaptureFixture[str],
                                          method: str | None) -> None:
     extra = ["--retrieval-method", method] if method else []
@@ -32,6 +32,9 @@ def test_json_results_are_ranked_records(sample_index: Settings, capsys: pytest.
         assert scores == sorted(scores, reverse=True)
     if method == "hybrid" or (method is None and sample_index.retrieval_method == "hybrid"):
         fused = [h["metadata"]["rrf"] for h in hits]
+        assert fused == sorted(fused, reverse=True)
+    if method == "lesson" or (method is None and sample_index.retrieval_method == "lesson"):
+        fused = [h["metadata"]["lesson_score"] for h in hits]
         assert fused == sorted(fused, reverse=True)
     if method == "bm25":
         lexical = [h["metadata"]["bm25"] for h in hits]
@@ -87,3 +90,11 @@ def test_empty_queries_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFi
     path.write_text("\n  \n", encoding="utf-8")
     assert main(["search", "--queries", str(path), "--index", str(tmp_path / "index")]) == 1
     assert "--queries" in capsys.readouterr().err
+
+
+def test_grade_flag_keeps_the_search_within_the_grade(sample_index: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    question = "số trung bình cộng của mẫu số liệu"
+    everywhere = {h["metadata"].get("grade") for h in search_json(capsys, sample_index, question, "-k", "10")}
+    assert len(everywhere) > 1  # the question matches statistics of several grades
+    scoped = search_json(capsys, sample_index, question, "-k", "10", "--grade", "10")
+    assert scoped and all(h["metadata"]["grade"] == 10 for h in scoped)  # every sample lesson has a grade

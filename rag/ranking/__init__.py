@@ -23,8 +23,8 @@ RANKERS: dict[str, str] = {
     "lesson": "rag.ranking.lesson",  # hybrid + lesson evidence + kind prior + MCQ stem/options
 }
 METHODS: tuple[str, ...] = tuple(RANKERS)
-# hybrid beat dense on every metric of the validation split (python -m rag.eval --split validation --all-methods)
-DEFAULT_METHOD = "hybrid"
+# lesson beat hybrid (and hybrid dense) on the validation split (python -m rag.eval --split validation --all-methods)
+DEFAULT_METHOD = "lesson"
 
 
 def check_method(name: str) -> str:
