@@ -16,6 +16,7 @@ from rag.llm import Failure, chat_model, classify, failure_message
 from rag.normalize import nfc
 from rag.prompts import TUTOR_SYSTEM, TUTOR_USER, condense_template, format_chunk, load_prompt, tutor_template, tutor_version
 from rag.retrieval import Filters, Searcher
+from rag.schema import split_headings, with_header
 from rag.settings import Settings
 
 _CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
@@ -167,10 +168,37 @@ class Budget:
     chunks: int
     turns: int
     num_ctx: int
+    context: tuple[Hit, ...] = ()  # the chunks as the prompt shows them (widened with their neighbours when room is left)
 
 
-def fit_budget(question: str, hits: Sequence[Hit], history: Sequence[Turn], settings: Settings) -> Budget:
-    """Keep the best chunks and the most recent turns that fit in num_ctx beside the answer; drop, never truncate."""
+Neighbours = Callable[[Hit], Sequence[Hit]]
+
+
+def widen(context: Sequence[Hit], neighbours: Neighbours, used: int, limit: int) -> tuple[list[Hit], int]:
+    """Each chunk with the adjacent chunks of its section around it, best chunk first, while they fit; a chunk
+    already shown is not repeated. The number and order of chunks (the citations) stay the same."""
+    shown = {h.id for h in context}
+    out: list[Hit] = []
+    for hit in context:
+        before: list[str] = []
+        after: list[str] = []
+        for other in neighbours(hit):
+            cost = estimate_tokens(other.body)
+            if other.id in shown or used + cost > limit:
+                continue
+            used += cost
+            shown.add(other.id)
+            (before if (other.chunk_index or 0) < (hit.chunk_index or 0) else after).append(other.body)
+        body = "\n\n".join([*before, hit.body, *after])
+        text = with_header(split_headings(hit.heading_path), body) if before or after else hit.text
+        out.append(Hit(hit.id, text, hit.metadata, hit.score))
+    return out, used
+
+
+def fit_budget(question: str, hits: Sequence[Hit], history: Sequence[Turn], settings: Settings,
+               neighbours: Neighbours | None = None) -> Budget:
+    """Keep the best chunks and the most recent turns that fit in num_ctx beside the answer; drop, never truncate.
+    With `neighbours`, the room still left then goes to the kept chunks' adjacent chunks (`widen`)."""
     limit = settings.num_ctx - settings.answer_tokens
     fixed = estimate_tokens(load_prompt(TUTOR_SYSTEM).text) + estimate_tokens(load_prompt(TUTOR_USER).text) + estimate_tokens(question)
     used, chunks = fixed, 0
@@ -185,8 +213,11 @@ def fit_budget(question: str, hits: Sequence[Hit], history: Sequence[Turn], sett
         if used + cost > limit:
             break
         used, turns = used + cost, turns + 1
+    context = list(hits[:chunks])
+    if neighbours is not None and chunks:
+        context, used = widen(context, neighbours, used, limit)
     needed = used + settings.answer_tokens
-    return Budget(chunks, turns, min(settings.num_ctx, math.ceil(needed / _CTX_STEP) * _CTX_STEP))
+    return Budget(chunks, turns, min(settings.num_ctx, math.ceil(needed / _CTX_STEP) * _CTX_STEP), tuple(context))
 
 
 def fallback_standalone(question: str, history: Sequence[Turn]) -> str:
@@ -296,7 +327,7 @@ class AnswerStream:
         if failure in {Failure.UNREACHABLE, Failure.MODEL_MISSING}:
             answer.status, answer.notice = AnswerStatus.of(failure), failure_message(failure, settings)
             return None
-        budget = fit_budget(answer.question, answer.retrieved, self.history, settings)
+        budget = fit_budget(answer.question, answer.retrieved, self.history, settings, getattr(tutor.searcher, "neighbours", None))
         if budget.chunks == 0:
             answer.status, answer.notice = AnswerStatus.LLM_ERROR, CONTEXT_TOO_SMALL.format(num_ctx=settings.num_ctx)
             return None
@@ -307,8 +338,9 @@ class AnswerStream:
         answer, settings = self.answer, self.tutor.settings
         recent = self.history[len(self.history) - budget.turns:] if budget.turns else []
         question = answer.question if recent or not self.history else answer.standalone_question
+        shown = budget.context or tuple(answer.retrieved[: budget.chunks])
         messages = tutor_template().format_messages(history=history_messages(recent), question=question,
-                                                    context="\n\n".join(format_chunk(n, h) for n, h in enumerate(answer.retrieved[: budget.chunks], start=1)))
+                                                    context="\n\n".join(format_chunk(n, h) for n, h in enumerate(shown, start=1)))
         parts: list[str] = []
         try:
             for chunk in self.tutor.chat(budget.num_ctx).stream(messages):

@@ -11,10 +11,10 @@ Unknown stays None, and such material is searched with every grade.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 import tomllib
-import unicodedata
 
 from rag.errors import VimathError
 from rag.normalize import nfc

@@ -9,7 +9,7 @@ from rag.grades import GRADES
 from rag.index import Hit
 from rag.normalize import nfc
 from rag.ranking.base import Ranker
-from rag.schema import CHUNK_HASH, GRADE, LESSON, SOURCE
+from rag.schema import CHUNK_HASH, CHUNK_INDEX, FILE_HASH, GRADE, LESSON, SOURCE
 
 NEAR_DUPLICATE_JACCARD = 0.9
 _OVERFETCH = 3  # candidates per wanted result, so that duplicates removed still leave k
@@ -75,6 +75,15 @@ class Searcher:
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
         return hits[:k]
+
+    def neighbours(self, hit: Hit) -> list[Hit]:
+        """The chunks just before and after a hit in its file, when in the same section (context for the LLM)."""
+        index = getattr(self.ranker, "index", None) or getattr(getattr(self.ranker, "dense", None), "index", None)
+        if index is None or hit.chunk_index is None:
+            return []
+        where = {"$and": [{SOURCE: hit.source}, {CHUNK_INDEX: {"$in": [hit.chunk_index - 1, hit.chunk_index + 1]}}]}
+        return [h for h in index.chunks(where)
+                if h.heading_path == hit.heading_path and h.metadata.get(FILE_HASH) == hit.metadata.get(FILE_HASH)]
 
 
 if TYPE_CHECKING:

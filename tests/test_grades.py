@@ -137,3 +137,38 @@ def test_not_in_grade_says_so_and_offers_the_grades_that_have_it(graded_index) -
 
 def test_not_in_grade_notice_without_other_grades() -> None:
     assert "Các lớp khác cũng chưa có" in not_in_grade_notice(11, [])
+
+
+def test_the_llm_gets_a_hits_neighbours_when_they_fit(graded_index) -> None:
+    from rag.answering import fit_budget
+    from rag.index import Hit
+
+    def hit(i: int, body: str, section: str = "Bài 1") -> Hit:
+        return Hit(f"c{i}", f"{section}\n\n{body}", {"source": "a.md", "heading_path": section, "chunk_index": i}, 0.9)
+
+    middle, before, after, elsewhere = hit(1, "Giữa " * 20), hit(0, "Trước " * 20), hit(2, "Sau " * 20), hit(3, "Khác " * 20)
+    table = {"c1": [before, after], "c3": [after]}
+
+    def neighbours(h: Hit) -> list[Hit]:
+        return table.get(h.id, [])
+
+    roomy = Settings(index_dir=Path("unused"), num_ctx=4096)
+    budget = fit_budget("câu hỏi", [middle, elsewhere], [], roomy, neighbours)
+    assert budget.chunks == 2 and [h.id for h in budget.context] == ["c1", "c3"]
+    assert budget.context[0].text == "Bài 1\n\n" + "\n\n".join([before.body, middle.body, after.body])
+    assert budget.context[1].text == elsewhere.text  # its neighbour "after" is already shown: not repeated
+    plain = fit_budget("câu hỏi", [middle, elsewhere], [], roomy)
+    assert plain.context == (middle, elsewhere) and plain.num_ctx <= budget.num_ctx
+    # no room beyond the chunks themselves: nothing is added, nothing dropped
+    from rag.answering import estimate_tokens
+    from rag.prompts import TUTOR_SYSTEM, TUTOR_USER, format_chunk, load_prompt
+    fixed = sum(estimate_tokens(t) for t in (load_prompt(TUTOR_SYSTEM).text, load_prompt(TUTOR_USER).text, "câu hỏi"))
+    tight = roomy.model_copy(update={"num_ctx": fixed + estimate_tokens(format_chunk(1, middle)) + roomy.answer_tokens + 5})
+    assert fit_budget("câu hỏi", [middle], [], tight, neighbours).context == (middle,)
+
+
+def test_searcher_neighbours_come_from_the_same_file_and_section(graded_index) -> None:
+    index, embeddings = graded_index
+    searcher = Searcher(make_ranker("lesson", index, embeddings))
+    hit = searcher.search("số trung bình cộng của mẫu số liệu ghép nhóm", 1)[0]
+    assert searcher.neighbours(hit) == []  # one-chunk files: nothing around
