@@ -25,6 +25,7 @@ class FiltersIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str | None = Field(None, description="source file as ingested, e.g. lop12/08-tich-phan.md")
     lesson: str | None = Field(None, description="lesson title")
+    grade: int | None = Field(None, ge=1, le=12, description="the student's grade: that grade's material and material without a grade")
 
     @field_validator("source", "lesson")
     @classmethod
