@@ -33,7 +33,7 @@ def test_a_lesson_with_several_matching_chunks_beats_one_lucky_chunk() -> None:
     dense, lexical = ["lucky", "a1", "a2", "a3"], ["lucky", "a2", "a1", "a3"]
     plain = final_scores(dense, lexical, metas, P)
     assert max(plain, key=plain.__getitem__) == "lucky"  # without lesson evidence
-    p = Params(rrf_k=60, decay=0.5, lesson_weight=0.5, section_weight=0.0, kind_prior=())
+    p = Params(rrf_k=60, w_dense=1.0, w_bm25=1.0, decay=0.5, lesson_weight=0.5, section_weight=0.0, kind_prior=())
     s = chunk_scores(dense, lexical, p)
     scores = final_scores(dense, lexical, metas, p)
     right = sorted((s["a1"], s["a2"], s["a3"]), reverse=True)
@@ -45,7 +45,7 @@ def test_a_lesson_with_several_matching_chunks_beats_one_lucky_chunk() -> None:
 
 def test_section_evidence_counts_chunks_under_the_same_heading() -> None:
     metas = {"x": meta("l.md", "A"), "y": meta("l.md", "A"), "z": meta("l.md", "B")}
-    p = Params(rrf_k=60, decay=0.5, lesson_weight=0.0, section_weight=1.0, kind_prior=())
+    p = Params(rrf_k=60, w_dense=1.0, w_bm25=1.0, decay=0.5, lesson_weight=0.0, section_weight=1.0, kind_prior=())
     s = chunk_scores(["x", "y", "z"], [], p)
     scores = final_scores(["x", "y", "z"], [], metas, p)
     assert scores["x"] == pytest.approx(s["x"] + (s["x"] + 0.5 * s["y"] - s["x"]))
@@ -55,7 +55,7 @@ def test_section_evidence_counts_chunks_under_the_same_heading() -> None:
 
 def test_kind_prior_puts_theory_before_a_bare_exercise() -> None:
     metas = {"ex": meta("a.md", kind="exercise"), "th": meta("b.md", kind="definition")}
-    p = Params(rrf_k=60, lesson_weight=0.0, section_weight=0.0, kind_prior=(("exercise", 0.9),))
+    p = Params(rrf_k=60, w_dense=1.0, w_bm25=1.0, lesson_weight=0.0, section_weight=0.0, kind_prior=(("exercise", 0.9),))
     scores = final_scores(["ex", "th"], ["ex", "th"], metas, p)
     assert scores["ex"] == pytest.approx(0.9 * 2 / 61)
     assert scores["th"] == pytest.approx(2 / 62)
