@@ -1,4 +1,4 @@
-"""Hybrid retrieval with lesson-level evidence, a theory-before-exercises prior, and MCQ stems apart from options.
+"""Hybrid retrieval with section/lesson evidence, a theory-before-exercises prior, and MCQ stems apart from options.
 
 Per chunk, a weighted reciprocal rank fusion of the dense and the BM25 rankings over a deeper candidate pool:
 
