@@ -41,9 +41,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     origin = provenance(settings, **cli_values(args))
     for name, value in settings.model_dump().items():
-        shown = "(set)" if name == "teacher_password" and value else value
+        shown = "(set)" if name in {"teacher_password", "llm_api_key"} and value else value
         print(f"{name:18} = {shown!s:40} [{origin[name]}]")
+    from rag.llm import effective_url
+
     print(f"{'ollama (effective)':18} = {settings.effective_ollama_url()}")
+    print(f"{'llm (effective)':18} = {effective_url(settings)} (provider {settings.llm_provider}, model {settings.effective_model()})")
     return EXIT_OK
 
 
@@ -152,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rag", description="vimath-tutor: search and answer over the lesson index.")
     sub = parser.add_subparsers(dest="command", required=True)
     config = sub.add_parser("config", help="print the effective settings and where each came from")
-    not_flags = {"index_dir", "embedder", "chroma_host", "chroma_port", "collection", "teacher_password", "api_cors_origins"}
+    not_flags = {"index_dir", "embedder", "chroma_host", "chroma_port", "collection", "teacher_password", "api_cors_origins",
+                 "llm_api_key", "llm_stop"}
     add_settings_args(config, *[n for n in Settings.model_fields if n not in not_flags])
     config.set_defaults(run=cmd_config)
     search = sub.add_parser("search", help="print the chunks closest to a question")
@@ -166,12 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_grade_arg(search)
     add_settings_args(search, "retrieval_method")
     search.set_defaults(run=cmd_search)
-    ask = sub.add_parser("ask", help="answer a question from the material through Ollama, citing it")
+    ask = sub.add_parser("ask", help="answer a question from the material through the LLM (Ollama or OpenAI-compatible), citing it")
     ask.add_argument("question", help="the question (Vietnamese)")
     ask.add_argument("-k", type=int, default=None, help="number of chunks to retrieve")
     ask.add_argument("--json", action="store_true", help="print the answer record as JSON")
     add_grade_arg(ask)
-    add_settings_args(ask, "retrieval_method", "ollama_url", "ollama_model", "temperature", "num_ctx", "min_score", "llm_timeout_s")
+    add_settings_args(ask, "retrieval_method", "llm_provider", "llm_base_url", "llm_model", "ollama_url", "ollama_model",
+                      "temperature", "num_ctx", "min_score", "llm_timeout_s", "llm_first_token_timeout_s", "context_chunks")
     ask.set_defaults(run=cmd_ask)
     serve = sub.add_parser("serve", help="run the HTTP API (FastAPI + uvicorn; docs at /docs)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -179,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-anonymous", action="store_true", help="no API keys; refused unless --host is loopback")
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="a browser origin allowed to call the API (repeat)")
     serve.add_argument("--keys", dest="api_keys_file", type=Path, default=None, metavar="FILE", help="API keys file")
-    add_settings_args(serve, "retrieval_method", "ollama_url", "ollama_model", "temperature", "num_ctx", "min_score",
+    add_settings_args(serve, "retrieval_method", "llm_provider", "llm_base_url", "llm_model", "ollama_url", "ollama_model",
+                      "llm_first_token_timeout_s", "context_chunks", "temperature", "num_ctx", "min_score",
                       "llm_timeout_s", "database_url", "api_rate_limit_per_minute", "api_generation_slots",
                       "api_generation_queue", "api_queue_timeout_s", "api_max_body_bytes")
     serve.set_defaults(run=cmd_serve, api_allow_anonymous=None, api_cors_origins=None)

@@ -11,8 +11,9 @@ from typing import Any, Callable, Iterator, Sequence
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from rag.degenerate import DegenerateGuard, Verdict, degenerate_notice
 from rag.index import Hit
-from rag.llm import Failure, chat_model, classify, failure_message
+from rag.llm import Failure, FirstTokenTimeout, TotalTimeout, chat_model, classify, failure_message, first_token_timeout
 from rag.normalize import nfc
 from rag.prompts import TUTOR_SYSTEM, TUTOR_USER, condense_template, format_chunk, load_prompt, tutor_template, tutor_version
 from rag.retrieval import Filters, Searcher
@@ -45,6 +46,7 @@ class AnswerStatus(str, Enum):
     TIMEOUT = Failure.TIMEOUT.value
     INTERRUPTED = Failure.INTERRUPTED.value
     LLM_ERROR = Failure.ERROR.value
+    DEGENERATE = "degenerate"  # the guard stopped an answer that copied the material, repeated itself or echoed the prompt
 
     @classmethod
     def of(cls, failure: Failure) -> AnswerStatus:
@@ -70,6 +72,7 @@ _STATUS_LABELS = {
     AnswerStatus.OK: "đã trả lời", AnswerStatus.NOT_COVERED: "tài liệu chưa đề cập",
     AnswerStatus.LLM_UNREACHABLE: "Ollama không chạy", AnswerStatus.MODEL_MISSING: "thiếu mô hình",
     AnswerStatus.TIMEOUT: "quá thời gian", AnswerStatus.INTERRUPTED: "bị gián đoạn", AnswerStatus.LLM_ERROR: "lỗi mô hình",
+    AnswerStatus.DEGENERATE: "bị dừng (chép/lặp)",
 }
 
 
@@ -113,7 +116,12 @@ class Answer:
     model: str = ""
     prompt_version: str = ""
     num_ctx: int = 0
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # as the server counted them, when it says
+    prompt_tokens_estimate: int = 0  # our upper estimate, what the budget was made with
+    completion_tokens: int | None = None
+    prompt_chars: int = 0
+    finish_reason: str | None = None  # the server's: stop, or length when answer_tokens cut it short
+    degenerate: str = ""  # when the guard stopped the answer: copy | repeat | echo, and what it saw
     history_turns_used: int = 0
     timings: Timings = field(default_factory=Timings)
 
@@ -155,6 +163,11 @@ def drop_invalid_markers(text: str, available: int) -> str:
 def estimate_tokens(text: str) -> int:
     """An upper estimate of the LLM tokens of `text`; the model's tokenizer is not available here."""
     return math.ceil(len(text) / _CHARS_PER_TOKEN) + _MESSAGE_OVERHEAD
+
+
+def instructions() -> list[str]:
+    """The prompt's own words (rules and template, without the material or the question): what an echo repeats."""
+    return [load_prompt(TUTOR_SYSTEM).text, load_prompt(TUTOR_USER).text]
 
 
 def history_messages(turns: Sequence[Turn]) -> list[BaseMessage]:
@@ -202,7 +215,7 @@ def fit_budget(question: str, hits: Sequence[Hit], history: Sequence[Turn], sett
     limit = settings.num_ctx - settings.answer_tokens
     fixed = estimate_tokens(load_prompt(TUTOR_SYSTEM).text) + estimate_tokens(load_prompt(TUTOR_USER).text) + estimate_tokens(question)
     used, chunks = fixed, 0
-    for number, hit in enumerate(hits, start=1):
+    for number, hit in enumerate(hits[: settings.context_chunks], start=1):
         cost = estimate_tokens(format_chunk(number, hit))
         if used + cost > limit:
             break
@@ -245,7 +258,7 @@ def not_in_grade_notice(grade: int, others: Sequence[int]) -> str:
 
 
 class Tutor:
-    """Answers a student's question from the indexed material through Ollama, streaming."""
+    """Answers a student's question from the indexed material through the configured LLM, streaming."""
 
     def __init__(self, searcher: Searcher, settings: Settings, chat_factory: ChatFactory | None = None) -> None:
         self.searcher = searcher
@@ -269,30 +282,41 @@ class Tutor:
         try:
             reply = self.chat(self.settings.num_ctx, 128).invoke(prompt)
         except Exception as exc:  # every LLM failure has the same remedy here: search without the rewrite
-            return fallback_standalone(question, history), classify(exc)
+            return fallback_standalone(question, history), classify(exc, settings=self.settings)
         lines = [line.strip().strip('"“”') for line in str(reply.content).splitlines() if line.strip()]
         if not lines or len(lines[0]) > 3 * len(question) + 300:
             return fallback_standalone(question, history), None
         return nfc(lines[0]), None
 
-    def stream(self, question: str, history: Sequence[Turn] = (), *, k: int | None = None, filters: Filters = Filters()) -> "AnswerStream":
-        return AnswerStream(self, nfc(question).strip(), list(history), k or self.settings.top_k, filters)
+    def stream(self, question: str, history: Sequence[Turn] = (), *, k: int | None = None, filters: Filters = Filters(),
+               on_retrieved: Callable[[Answer], None] | None = None, llm_failure: Failure | None = None) -> "AnswerStream":
+        """The answer as a stream. `on_retrieved` sees the record as soon as the chunks are known (before any
+        generation), so a UI can show them at once; `llm_failure` is what a status check already knows is wrong
+        with the LLM: then it is not asked at all and the answer is retrieval-only at once."""
+        return AnswerStream(self, nfc(question).strip(), list(history), k or self.settings.top_k, filters,
+                            on_retrieved=on_retrieved, llm_failure=llm_failure)
+
+
+# Failures after which asking the LLM again for the same question would only make the student wait again.
+_NO_SECOND_CALL = {Failure.UNREACHABLE, Failure.MODEL_MISSING, Failure.TIMEOUT}
 
 
 class AnswerStream:
     """Iterate for the answer's text as it is written; `answer` holds the full record once iteration ends."""
 
-    def __init__(self, tutor: Tutor, question: str, history: list[Turn], k: int, filters: Filters) -> None:
+    def __init__(self, tutor: Tutor, question: str, history: list[Turn], k: int, filters: Filters, *,
+                 on_retrieved: Callable[[Answer], None] | None = None, llm_failure: Failure | None = None) -> None:
         self.tutor, self.history, self.k, self.filters = tutor, history, k, filters
+        self.on_retrieved, self.llm_failure = on_retrieved, llm_failure
         settings = tutor.settings
-        self.answer = Answer(question=question, standalone_question=question, model=settings.ollama_model, prompt_version=tutor_version())
+        self.answer = Answer(question=question, standalone_question=question, model=settings.effective_model(), prompt_version=tutor_version())
         self._started: float | None = None
         self._budget: Budget | None = None
 
     @property
     def needs_llm_to_prepare(self) -> bool:
         """Whether `prepare` asks the LLM too (a follow-up is condensed first), so a server can run it where LLM calls are bounded."""
-        return bool(self.history)
+        return bool(self.history) and self.llm_failure is None
 
     def prepare(self) -> bool:
         """Condense, retrieve, guard and fit the context, once; True when the LLM has an answer to write.
@@ -315,16 +339,21 @@ class AnswerStream:
 
     def _prepare(self, started: float) -> Budget | None:
         tutor, answer, settings = self.tutor, self.answer, self.tutor.settings
-        answer.standalone_question, failure = tutor.condense(answer.question, self.history)
+        if self.llm_failure is not None:  # known down: no condensing either, the fallback query finds the topic
+            answer.standalone_question, failure = fallback_standalone(answer.question, self.history), self.llm_failure
+        else:
+            answer.standalone_question, failure = tutor.condense(answer.question, self.history)
         answer.retrieved = tutor.searcher.search(answer.standalone_question, self.k, filters=self.filters)
         answer.timings.retrieval_s = time.perf_counter() - started
+        if self.on_retrieved is not None:
+            self.on_retrieved(answer)
         if not covered(answer.retrieved, settings.min_score):
             answer.status, answer.notice = AnswerStatus.NOT_COVERED, NOT_COVERED
             if self.filters.grade is not None:  # say so and offer the other grades; never widen silently
                 answer.other_grades = other_grades(tutor.searcher, answer.standalone_question, self.k, self.filters, settings.min_score)
                 answer.notice = not_in_grade_notice(self.filters.grade, answer.other_grades)
             return None
-        if failure in {Failure.UNREACHABLE, Failure.MODEL_MISSING}:
+        if failure in _NO_SECOND_CALL:  # one question never pays the timeout twice
             answer.status, answer.notice = AnswerStatus.of(failure), failure_message(failure, settings)
             return None
         budget = fit_budget(answer.question, answer.retrieved, self.history, settings, getattr(tutor.searcher, "neighbours", None))
@@ -338,27 +367,68 @@ class AnswerStream:
         answer, settings = self.answer, self.tutor.settings
         recent = self.history[len(self.history) - budget.turns:] if budget.turns else []
         question = answer.question if recent or not self.history else answer.standalone_question
-        shown = budget.context or tuple(answer.retrieved[: budget.chunks])
+        context = list(budget.context or answer.retrieved[: budget.chunks])
         messages = tutor_template().format_messages(history=history_messages(recent), question=question,
-                                                    context="\n\n".join(format_chunk(n, h) for n, h in enumerate(shown, start=1)))
+                                                    context="\n\n".join(format_chunk(n, h) for n, h in enumerate(context, start=1)))
+        answer.prompt_tokens_estimate = sum(estimate_tokens(str(m.content)) for m in messages)
+        answer.prompt_chars = sum(len(str(m.content)) for m in messages)
+        guard = DegenerateGuard([h.text for h in context], instructions()) if settings.degenerate_guard else None
+        chat = self.tutor.chat(budget.num_ctx)  # made (and its client imported) before the clock starts
+        asked = time.perf_counter()
+        first_deadline, total_deadline = asked + first_token_timeout(settings), asked + settings.llm_timeout_s
         parts: list[str] = []
+        verdict: Verdict | None = None
+        finish: str | None = None
+        chunks = chat.stream(messages)
         try:
-            for chunk in self.tutor.chat(budget.num_ctx).stream(messages):
+            for chunk in chunks:
+                now = time.perf_counter()
                 if chunk.usage_metadata:
                     answer.prompt_tokens = chunk.usage_metadata.get("input_tokens")
+                    answer.completion_tokens = chunk.usage_metadata.get("output_tokens")
+                finish = finish or _finish_reason(chunk.response_metadata)
                 delta = str(chunk.content)
                 if not delta:
+                    # a server may send empty keep-alive chunks before the first token: still bounded by the deadline
+                    if not parts and now > first_deadline:
+                        raise FirstTokenTimeout(f"no token after {first_token_timeout(settings):g} s")
                     continue
                 if answer.timings.first_token_s is None:
-                    answer.timings.first_token_s = time.perf_counter() - started
+                    answer.timings.first_token_s = now - started
                 parts.append(delta)
+                if guard is not None and (verdict := guard.feed("".join(parts))) is not None:
+                    break  # stop generating: closing the stream below tells the server to stop
                 yield delta
+                if now > total_deadline:
+                    raise TotalTimeout(f"answer not finished after {settings.llm_timeout_s:g} s")
+            if finish is None and verdict is None:
+                # An SSE stream cut by a dying server can end like a normal one; only the missing finish says so.
+                raise StreamCut("the stream ended without a finish reason")
         except Exception as exc:  # whatever broke, the partial answer and the retrieved chunks are kept
-            failure = classify(exc, midway=bool(parts))
+            failure = classify(exc, midway=bool(parts), settings=settings)
             answer.status, answer.notice = AnswerStatus.of(failure), failure_message(failure, settings, str(exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        answer.finish_reason = finish
         raw = "".join(parts)
+        if verdict is not None:
+            raw = verdict.keep
+            answer.status, answer.notice = AnswerStatus.DEGENERATE, degenerate_notice(verdict)
+            answer.degenerate = f"{verdict.kind}: {verdict.detail}"
         answer.cited, answer.invalid_citations = parse_citations(raw, budget.chunks)
         answer.text = drop_invalid_markers(raw, budget.chunks)
+
+
+class StreamCut(ConnectionError):
+    """The server closed the stream before saying the answer was finished."""
+
+
+def _finish_reason(meta: dict[str, Any]) -> str | None:
+    """OpenAI servers say finish_reason, Ollama done_reason (with done)."""
+    reason = meta.get("finish_reason") or meta.get("done_reason")
+    return str(reason) if reason else ("stop" if meta.get("done") else None)
 
 
 def ask(tutor: Tutor, question: str, history: Sequence[Turn] = ()) -> Answer:

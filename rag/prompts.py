@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -51,9 +52,37 @@ def condense_template() -> PromptTemplate:
     return PromptTemplate.from_template(load_prompt(CONDENSE).text)
 
 
+# The fence around each chunk, and the prompt line that introduces the question: text inside a chunk must not be
+# able to close its fence or start a fake question (prompt injection from an uploaded document).
+FENCE_OPEN, FENCE_CLOSE = "<tài_liệu", "</tài_liệu>"
+QUESTION_LABEL = "Câu hỏi của học sinh:"
+_FAKE_FENCE = re.compile(r"<\s*(/?)\s*tài[\s_]*liệu", re.IGNORECASE)
+_FAKE_QUESTION = re.compile(r"câu\s+hỏi\s+của\s+học\s+sinh\s*:", re.IGNORECASE)
+_BLANK_LINES = re.compile(r"\n\s*\n(\s*\n)+")
+
+
+def neutralise(text: str) -> str:
+    """Chunk text that cannot fake the prompt's structure: fence tags and the question label are defused."""
+    text = _FAKE_FENCE.sub(lambda m: f"‹{m.group(1)}tài liệu", nfc(text))
+    return _FAKE_QUESTION.sub("Câu hỏi (trích trong tài liệu):", text)
+
+
+def denoise(hit: Hit) -> str:
+    """The chunk's text for the model: without the heading path it starts with (the fence names it), bold markers and
+    runs of blank lines, which cost tokens and were copied back verbatim by a small model."""
+    text = nfc(hit.body).strip()
+    return _BLANK_LINES.sub("\n\n", text.replace("**", "")).strip()
+
+
+def _attribute(value: str) -> str:
+    return neutralise(value).replace('"', "'").replace("\n", " ")
+
+
 def format_chunk(number: int, hit: Hit) -> str:
-    """One numbered piece of material as the model sees it."""
+    """One numbered piece of material as the model sees it: fenced, with where it comes from."""
     meta = hit.metadata
     page = f", trang {meta['page']}" if "page" in meta else ""
-    return f"[{number}] (nguồn: {meta.get('source', '?')}{page})\n{hit.text.strip()}"
+    heading = f' mục="{_attribute(str(meta["heading_path"]))}"' if meta.get("heading_path") else ""
+    return (f'{FENCE_OPEN} số="{number}" nguồn="{_attribute(str(meta.get("source", "?")))}{page}"{heading}>\n'
+            f"{neutralise(denoise(hit))}\n{FENCE_CLOSE}")
 

@@ -21,6 +21,9 @@ from rag.ranking import DEFAULT_METHOD, METHODS, check_method  # light: imports 
 ENV_PREFIX = "VIMATH_"
 DEFAULT_CONFIG_FILE = Path("vimath.toml")
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+# Where a small model that runs past its answer goes next: the prompt's own labels and fences (seen with a 1.5B
+# model: the answer went on with "Câu hỏi của học sinh: …"). At most 4: OpenAI's API accepts no more.
+DEFAULT_STOP = ("\nCâu hỏi của học sinh:", "<tài_liệu", "</tài_liệu>", "\nTài liệu:")
 
 
 class Settings(BaseSettings):
@@ -38,15 +41,27 @@ class Settings(BaseSettings):
     chroma_port: int = 8000
     collection: str = Field("vimath_lessons", min_length=3, max_length=512)
     top_k: int = Field(5, ge=1, le=100)
+    # On the test split (hybrid, bundled embedder) the first correct chunk was at rank 1-3 for 53 of the 62 questions
+    # whose correct chunk is in the top 5; ranks 4-5 cost 40 % more prompt for 9 more (bench/answer_eval.py).
+    context_chunks: int = Field(3, ge=1, le=100, description="most chunks given to the model (the UI still shows top_k)")
     # Calibrated with bench/calibrate_guard.py on the sample lessons and the bundled embedder; recalibrate for another.
     min_score: float = Field(0.815, description="best-chunk cosine under which the material is said not to cover a question")
     retrieval_method: str = Field(DEFAULT_METHOD, description="one of " + " | ".join(METHODS) + " (rag.ranking)")
+    llm_provider: str = Field("ollama", description="ollama | openai (llama.cpp's llama-server, vLLM, LM Studio, LocalAI)")
+    llm_base_url: str | None = Field(None, description="the provider's address; ollama: ollama_url, openai: http://127.0.0.1:8080/v1")
+    llm_api_key: SecretStr | None = Field(None, description="for servers that want one; never printed or logged")
+    llm_model: str | None = Field(None, description="the model's name at the provider; defaults to ollama_model")
     ollama_url: str | None = Field(None, description="defaults to $OLLAMA_HOST, then " + DEFAULT_OLLAMA_URL)
     ollama_model: str = "qwen2.5:7b-instruct"
     temperature: float = 0.2
     num_ctx: int = Field(8192, ge=512, description="largest context the model may be given")
     answer_tokens: int = Field(1024, ge=64, description="tokens reserved for the answer")
-    llm_timeout_s: float = 120.0
+    llm_timeout_s: float = Field(120.0, gt=0, description="longest time for a whole answer")
+    # A server that accepts the connection but never answers is noticed after this, not after llm_timeout_s.
+    llm_first_token_timeout_s: float = Field(60.0, gt=0, description="longest wait for the first token")
+    # Stops an answer that copies the material, repeats itself or echoes the prompt (rag/degenerate.py).
+    degenerate_guard: bool = True
+    llm_stop: tuple[str, ...] = Field(DEFAULT_STOP, description="stop sequences sent to the model")
     history_turns: int = Field(4, ge=0)
     database_url: str = "sqlite:///vimath_log.db"
     teacher_password: SecretStr | None = None
@@ -74,6 +89,19 @@ class Settings(BaseSettings):
     @classmethod
     def _known_method(cls, value: str) -> str:
         return check_method(value)
+
+    @field_validator("llm_provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        from rag.llm import PROVIDERS  # the registry is the one list of providers
+
+        name = value.strip().lower()
+        if name not in PROVIDERS:
+            raise ValueError(f"unknown LLM provider {value!r}; choose one of: {', '.join(PROVIDERS)}")
+        return name
+
+    def effective_model(self) -> str:
+        return self.llm_model or self.ollama_model
 
     def effective_ollama_url(self) -> str:
         """Ollama's address: the setting, else Ollama's own OLLAMA_HOST, else its default."""

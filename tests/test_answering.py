@@ -81,8 +81,8 @@ def test_prompt_holds_numbered_chunks_and_streams(fake):
     assert messages[0]["role"] == "system" and messages[0]["content"] == load_prompt("tutor_system").text
     user = messages[-1]["content"]
     for number, (source, text) in enumerate(CHUNKS, start=1):
-        assert f"[{number}] (nguồn: {source})\n{text}" in user
-    assert "Khi nào hàm số đồng biến?" in user
+        assert f'<tài_liệu số="{number}" nguồn="{source}" mục="Bài">\n{text}\n</tài_liệu>' in user
+    assert user.rstrip().endswith("Câu hỏi của học sinh: Khi nào hàm số đồng biến?")
     assert answer.status == "ok" and answer.cited == [2, 1] and answer.invalid_citations == []
     assert [h.id for h in answer.cited_chunks] == ["id1", "id0"]
     assert answer.prompt_version.startswith("tutor_system@")
@@ -128,7 +128,7 @@ def test_follow_up_falls_back_without_llm_and_still_retrieves():
 
 def test_context_budget_drops_chunks_never_truncates(fake):
     long_chunks = [(f"bai{i}.md", " ".join(f"hàm số $y = x^{{{i}{j}}}$ đồng biến {i}-{j}." for j in range(90))) for i in range(5)]
-    t, _ = tutor(fake.url, ListRanker(long_chunks), num_ctx=4096, answer_tokens=512, top_k=5)
+    t, _ = tutor(fake.url, ListRanker(long_chunks), num_ctx=4096, answer_tokens=512, top_k=5, context_chunks=5)
     answer = ask(t, "hàm số đồng biến?")
     body = chat_requests(fake)[-1]
     prompt = "".join(m["content"] for m in body["messages"])
@@ -182,6 +182,7 @@ def test_broken_stream_keeps_the_partial_answer(fake):
 
 def test_ollama_host_is_honoured_when_no_url_is_set(fake, monkeypatch):
     monkeypatch.setenv("OLLAMA_HOST", fake.url.removeprefix("http://"))
+    fake.reply = lambda messages, options: "Khi đạo hàm dương [2]."
     t = Tutor(Searcher(ListRanker(CHUNKS)), Settings(min_score=0.5))
     assert ask(t, "hàm số đồng biến?").status == "ok" and chat_requests(fake)
 

@@ -462,3 +462,62 @@ def test_a_damaged_index_says_how_to_rebuild_it_on_every_run(env: dict[str, str]
         assert "bindings" not in error.value and "\n" not in error.value
     at = teacher()
     assert any("bị hỏng" in e.value for e in at.error)
+
+
+def test_a_degenerate_answer_is_stopped_and_the_student_gets_the_sources(env: dict[str, str], fake: FakeOllama) -> None:
+    fake.reply = lambda messages, options: "Hàm số đồng biến khi $f'(x) > 0$ [1]. " + "Ta xét dấu của đạo hàm trên từng khoảng một. " * 12
+    try:
+        at = ask(QUESTION)
+    finally:
+        fake.reply = lambda messages, options: REPLY
+    assert any("dừng lại" in w.value for w in at.warning)
+    written = markdowns(at.chat_message[-1])[0]
+    assert written.count("Ta xét dấu của đạo hàm") == 1
+    assert any(m.startswith("**[1]**") for m in markdowns(expander(at, "Các đoạn tài liệu liên quan nhất")))
+    assert log_of(env).exchanges()[0].status == "degenerate"
+
+
+def test_a_hanging_server_shows_the_chunks_first_and_times_out_on_the_first_token(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    shown_before_asking: list[int] = []
+    real_render_chunk = ui.common.render_chunk
+    with FakeOllama(first_token_delay_s=60) as hanging:
+        def spy(*args: Any, **kwargs: Any) -> None:
+            shown_before_asking.append(sum(1 for path, _ in hanging.requests if path == "/api/chat"))
+            real_render_chunk(*args, **kwargs)
+
+        monkeypatch.setattr(ui.common, "render_chunk", spy)
+        monkeypatch.setenv("VIMATH_OLLAMA_URL", hanging.url)
+        monkeypatch.setenv("VIMATH_LLM_FIRST_TOKEN_TIMEOUT_S", "1")
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        at.chat_input[0].set_value(QUESTION)
+        started = __import__("time").perf_counter()
+        at.run()
+        elapsed = __import__("time").perf_counter() - started
+    assert shown_before_asking and shown_before_asking[0] == 0  # the chunks were on screen before the LLM was asked
+    assert any("không trả lời kịp" in w.value for w in at.warning) and elapsed < 30
+    assert any(m.startswith("**[1]**") for m in markdowns(expander(at, "Các đoạn tài liệu liên quan nhất")))
+
+
+def test_an_openai_compatible_server_answers_and_shows_in_the_sidebar(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from fake_openai import FakeOpenAI
+
+    with FakeOpenAI(models=["qwen-1.5b"], reply=lambda messages, options: REPLY) as server:
+        monkeypatch.setenv("VIMATH_LLM_PROVIDER", "openai")
+        monkeypatch.setenv("VIMATH_LLM_BASE_URL", server.url)
+        monkeypatch.setenv("VIMATH_LLM_MODEL", "qwen-1.5b")
+        at = ask(QUESTION)
+        assert server.chat_requests()[-1]["stream"] is True
+    assert markdowns(at.chat_message[-1])[0] == latex_to_markdown(REPLY)
+    assert any("đang chạy" in s.value and server.url in s.value for s in at.sidebar.success)
+    assert any("qwen-1.5b" in c.value for c in at.sidebar.caption)
+
+
+def test_an_unreachable_openai_server_is_named_in_the_sidebar(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    monkeypatch.setenv("VIMATH_LLM_PROVIDER", "openai")
+    monkeypatch.setenv("VIMATH_LLM_BASE_URL", url)
+    at = ask(QUESTION)
+    assert any("không trả lời" in w.value and url in w.value for w in at.sidebar.warning)
+    assert any("VIMATH_LLM_BASE_URL" in e.value for e in at.error)
+    assert log_of(env).exchanges()[0].status == "llm_unreachable"

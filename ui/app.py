@@ -18,6 +18,7 @@ from rag.answering import Answer, AnswerStatus, Turn  # noqa: E402
 from rag.conversation_log import ConversationLog  # noqa: E402
 from rag.index import Hit  # noqa: E402
 from rag.retrieval import Filters  # noqa: E402
+from rag.llm import PROVIDERS, Failure  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 from ui.common import (  # noqa: E402
     LOG_UNAVAILABLE_FOR_STUDENTS,
@@ -25,8 +26,8 @@ from ui.common import (  # noqa: E402
     conversation_log,
     current_settings,
     log_problem,
+    llm_state,
     markdown,
-    ollama_state,
     render_chunk,
     stream_into,
     try_open_resources,
@@ -91,17 +92,28 @@ def sidebar_index(settings: Settings, resources: IndexResources | None) -> None:
 
 def sidebar_llm(settings: Settings) -> None:
     st.subheader("Mô hình ngôn ngữ")
-    status = ollama_state(settings)
-    st.markdown(f"Mô hình: `{settings.ollama_model}`")
+    status = llm_state(settings)
+    provider = PROVIDERS[settings.llm_provider]
+    label, model = provider.label, settings.effective_model()
+    st.markdown(f"Mô hình: `{model}` · {label}")
     if not status.reachable:
-        st.warning(f"Ollama không trả lời tại {status.url}. Gia sư chỉ hiển thị các đoạn tài liệu liên quan.")
-    elif not status.has_model(settings.ollama_model):
-        st.warning(f"Ollama đang chạy nhưng chưa có mô hình `{settings.ollama_model}`. "
-                   f"Hãy chạy `ollama pull {settings.ollama_model}`.")
+        why = "không trả lời kịp" if status.failure is Failure.TIMEOUT else "không trả lời"
+        st.warning(f"{label[0].upper()}{label[1:]} {why} tại {status.url}. Gia sư chỉ hiển thị các đoạn tài liệu liên quan.")
+    elif not status.has_model(model):
+        st.warning(f"{label[0].upper()}{label[1:]} đang chạy nhưng chưa có mô hình `{model}`. "
+                   + provider.hints[Failure.MODEL_MISSING].format(url=status.url, model=model))
     else:
-        st.success(f"Ollama đang chạy tại {status.url}.")
+        st.success(f"{label[0].upper()}{label[1:]} đang chạy tại {status.url}.")
     if status.models:
-        st.caption("Mô hình có trong Ollama: " + ", ".join(f"`{m}`" for m in status.models))
+        st.caption("Mô hình có trên máy chủ: " + ", ".join(f"`{m}`" for m in status.models))
+
+
+def known_llm_failure(settings: Settings) -> Failure | None:
+    """What the sidebar's status check already knows: a server that does not answer is not asked again (and the
+    student does not wait for its timeout). A missing model is left to the call itself: it fails at once, and some
+    servers (llama-server) answer under any model name."""
+    status = llm_state(settings)
+    return None if status.reachable else (status.failure or Failure.UNREACHABLE)
 
 
 def sidebar(settings: Settings, resources: IndexResources | None) -> tuple[int, bool]:
@@ -239,13 +251,25 @@ def answer_question(question: str, settings: Settings, resources: IndexResources
     with st.chat_message("assistant"):
         slot = st.empty()
         slot.markdown("_Đang tìm trong tài liệu…_")
-        stream = tutor(settings, resources).stream(question, history(chat), k=k, filters=Filters(grade=chosen_grade()))
+        early = st.empty()
+
+        def show_retrieved(answer: Answer) -> None:
+            # The chunks are known before the model writes a word (which may take long, or never come): show them now.
+            if answer.retrieved:
+                slot.markdown("_Đang viết câu trả lời…_")
+                with early.container(), st.expander(CLOSEST_LABEL, expanded=False):
+                    render_hits(answer.retrieved, list(range(1, len(answer.retrieved) + 1)))
+
+        stream = tutor(settings, resources).stream(question, history(chat), k=k, filters=Filters(grade=chosen_grade()), on_retrieved=show_retrieved,
+                                                   llm_failure=known_llm_failure(settings))
         try:
             stream_into(slot, stream)
         except Exception as exc:  # retrieval itself failed (the tutor handles every LLM failure)
             slot.empty()
+            early.empty()
             st.error(f"Không trả lời được câu hỏi do lỗi: {type(exc).__name__}: {exc}")
             return
+        early.empty()
         entry = ChatEntry(question, stream.answer, record(log, stream.answer))
         chat.append(entry)
         render_answer(entry, show_all, log, slot)

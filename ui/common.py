@@ -26,7 +26,7 @@ from rag.index import (
     make_client,
     recorded_identity,
 )
-from rag.llm import OllamaStatus, ollama_status
+from rag.llm import LLMStatus, effective_url, llm_status
 from rag.retrieval import Searcher
 from rag.settings import Settings, load_settings
 from rag.workspace import embedder_chosen, make_ranker, open_index
@@ -146,13 +146,16 @@ def log_problem(exc: Exception) -> str:
 
 
 @st.cache_data(ttl=_OLLAMA_TTL_S, show_spinner=False)
-def _ollama_state(url: str, model: str, _settings: Settings) -> OllamaStatus:
-    return ollama_status(_settings)
+def _llm_state(provider: str, url: str, model: str, _settings: Settings) -> LLMStatus:
+    return llm_status(_settings)
 
 
-def ollama_state(settings: Settings) -> OllamaStatus:
-    """Whether Ollama answers and its models, asked at most every few seconds."""
-    return _ollama_state(settings.effective_ollama_url(), settings.ollama_model, settings)
+def llm_state(settings: Settings) -> LLMStatus:
+    """Whether the configured LLM server answers and its models, asked at most every few seconds."""
+    return _llm_state(settings.llm_provider, effective_url(settings), settings.effective_model(), settings)
+
+
+ollama_state = llm_state  # the name used before there were providers
 
 
 def markdown(text: str) -> None:

@@ -27,7 +27,7 @@ def _checks(svc: TutorService) -> dict[str, Any]:
     embedder = {"ok": svc.embeddings is not None or svc.index is None,
                 "name": svc.embeddings.identity.spec if svc.embeddings is not None else None}
     status = svc.llm_status()
-    model = svc.settings.ollama_model
+    model = svc.settings.effective_model()
     llm = {"reachable": status.reachable, "model": model, "model_available": status.has_model(model)}
     return {"index": index, "embedder": embedder, "llm": llm}
 
