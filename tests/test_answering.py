@@ -203,6 +203,7 @@ def test_ask_cli_json_record(fake, sample_index, capsys):
 
 
 def test_prepare_retrieves_once_before_the_generation(fake):
+    fake.reply = lambda messages, options: "Khi $f'(x) > 0$ [2]."  # the default echo of the prompt is stopped as degenerate
     t, ranker = tutor(fake.url)
     stream = t.stream("Khi nào hàm số đồng biến?")
     assert stream.prepare() is True and len(stream.answer.retrieved) == 3 and not chat_requests(fake)

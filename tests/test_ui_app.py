@@ -508,8 +508,9 @@ def test_an_openai_compatible_server_answers_and_shows_in_the_sidebar(env: dict[
         monkeypatch.setenv("VIMATH_LLM_MODEL", "qwen-1.5b")
         at = ask(QUESTION)
         assert server.chat_requests()[-1]["stream"] is True
+        url = server.url
     assert markdowns(at.chat_message[-1])[0] == latex_to_markdown(REPLY)
-    assert any("đang chạy" in s.value and server.url in s.value for s in at.sidebar.success)
+    assert any("đang chạy" in s.value and url in s.value for s in at.sidebar.success)
     assert any("qwen-1.5b" in c.value for c in at.sidebar.caption)
 
 
