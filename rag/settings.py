@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     ollama_model: str = "qwen2.5:7b-instruct"
     temperature: float = 0.2
     num_ctx: int = Field(8192, ge=512, description="largest context the model may be given")
-    answer_tokens: int = Field(1024, ge=64, description="tokens reserved for the answer")
+    # bench/answer_eval.py with a real 1.5B model: the longest good answer took 328 tokens; answers that ran into a
+    # 384-token cap were copying or looping. 512 leaves room for a worked solution and halves a runaway's cost.
+    answer_tokens: int = Field(512, ge=64, description="tokens reserved for the answer (num_predict)")
     llm_timeout_s: float = Field(120.0, gt=0, description="longest time for a whole answer")
     # A server that accepts the connection but never answers is noticed after this, not after llm_timeout_s.
     llm_first_token_timeout_s: float = Field(60.0, gt=0, description="longest wait for the first token")
