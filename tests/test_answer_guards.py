@@ -7,16 +7,16 @@ import time
 from typing import Any
 
 import pytest
-
 from fake_ollama import FakeOllama
 from fake_openai import FakeOpenAI
-from rag.answering import Tutor, Turn, ask
+from test_answering import CHUNKS, ListRanker, chat_requests, tutor
+
+from rag.answering import Turn, Tutor, ask
 from rag.degenerate import DegenerateGuard, judge, longest_copy
 from rag.llm import Failure
 from rag.prompts import load_prompt
 from rag.retrieval import Searcher
 from rag.settings import Settings
-from test_answering import CHUNKS, ListRanker, chat_requests, settings_for, tutor
 
 LONG_DEFINITION = (
     "Định lí 3. Với mọi số thực $m$, phương trình $\\tan x = m$ (điều kiện $x \\neq \\dfrac{\\pi}{2} + k\\pi$) có nghiệm "

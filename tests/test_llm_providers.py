@@ -7,15 +7,15 @@ import time
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
-
 from fake_ollama import FakeOllama, free_port
 from fake_openai import FakeOpenAI
+from pydantic import ValidationError
+from test_answering import CHUNKS, ListRanker
+
 from rag.answering import Tutor, ask
 from rag.llm import PROVIDERS, Failure, classify, effective_url, llm_status
 from rag.retrieval import Searcher
 from rag.settings import Settings
-from test_answering import CHUNKS, ListRanker
 
 MODEL = "qwen2.5:7b-instruct"
 

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_answering import CHUNKS, ListRanker
 
 from rag.answering import Tutor
 from rag.llm import llm_status
 from rag.retrieval import Searcher
 from rag.settings import Settings
-from test_answering import CHUNKS, ListRanker
 
 GGUF = os.environ.get("VIMATH_TEST_GGUF", "")
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,16 +17,16 @@ from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 from rag.answering import Answer, AnswerStatus, Turn  # noqa: E402
 from rag.conversation_log import ConversationLog  # noqa: E402
 from rag.index import Hit  # noqa: E402
-from rag.retrieval import Filters  # noqa: E402
 from rag.llm import PROVIDERS, Failure  # noqa: E402
+from rag.retrieval import Filters  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 from ui.common import (  # noqa: E402
     LOG_UNAVAILABLE_FOR_STUDENTS,
     IndexResources,
     conversation_log,
     current_settings,
-    log_problem,
     llm_state,
+    log_problem,
     markdown,
     render_chunk,
     stream_into,
