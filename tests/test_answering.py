@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import pytest
+from fake_chat import FakeChats
 from fake_ollama import FakeOllama, free_port
 
 from rag.answering import (
@@ -89,18 +90,18 @@ def test_prompt_holds_numbered_chunks_and_streams(fake):
     assert answer.timings.retrieval_s <= answer.timings.first_token_s <= answer.timings.total_s
 
 
-def test_marker_pointing_at_no_chunk_is_dropped_and_flagged(fake):
-    fake.reply = lambda messages, options: "Đúng vậy [1] và [5]."
-    answer = ask(tutor(fake.url)[0], "hàm đồng biến?")
+def test_marker_pointing_at_no_chunk_is_dropped_and_flagged():
+    chats = FakeChats("Đúng vậy [1] và [5].")
+    answer = ask(Tutor(Searcher(ListRanker(CHUNKS)), settings_for("http://unused"), chats), "hàm đồng biến?")
     assert answer.cited == [1] and answer.invalid_citations == [5]
     assert "[5]" not in answer.text and "[1]" in answer.text
 
 
-def test_guard_refuses_without_asking_the_llm(fake):
-    t, _ = tutor(fake.url, ListRanker(CHUNKS, score=0.3))
-    answer = ask(t, "Thủ đô của nước Pháp là gì?")
+def test_guard_refuses_without_asking_the_llm():
+    chats = FakeChats()
+    answer = ask(Tutor(Searcher(ListRanker(CHUNKS, score=0.3)), settings_for("http://unused"), chats), "Thủ đô của nước Pháp là gì?")
     assert answer.status == "not_covered" and answer.notice == NOT_COVERED
-    assert len(answer.retrieved) == 3 and chat_requests(fake) == []
+    assert len(answer.retrieved) == 3 and chats.prompts == []
 
 
 def test_follow_up_is_condensed_by_the_llm_for_retrieval(fake):
@@ -140,12 +141,13 @@ def test_context_budget_drops_chunks_never_truncates(fake):
     assert len(answer.retrieved) == 5
 
 
-def test_history_beyond_the_budget_is_dropped_oldest_first(fake):
+def test_history_beyond_the_budget_is_dropped_oldest_first():
     history = [Turn(f"Câu hỏi cũ {i} " + "x" * 1500, "Trả lời " + "y" * 1500) for i in range(4)]
-    t, _ = tutor(fake.url, num_ctx=4096, answer_tokens=512)
+    chats = FakeChats("Câu hỏi độc lập về hàm số đồng biến?", "Khi $f'(x) > 0$ [2].")
+    t = Tutor(Searcher(ListRanker(CHUNKS)), settings_for("http://unused", num_ctx=4096, answer_tokens=512), chats)
     answer = ask(t, "hàm số đồng biến?", history)
     assert 0 < answer.history_turns_used < 4
-    contents = [m["content"] for m in chat_requests(fake)[-1]["messages"]]
+    contents = [str(m.content) for m in chats.prompts[-1]]
     assert any(c.startswith("Câu hỏi cũ 3") for c in contents) and not any(c.startswith("Câu hỏi cũ 0") for c in contents)
 
 
