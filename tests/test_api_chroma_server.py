@@ -14,7 +14,7 @@ from rag.api.service import TutorService
 from rag.conversation_log import ConversationLog
 
 
-def test_two_api_services_share_one_chroma_server_and_one_log(chroma_server: int, lessons_copy: Path, tiny_st_model: Path,
+def test_two_api_services_share_one_chroma_server_and_one_log(chroma_server: int, lessons_copy: Path, tiny_st_model: Path,  # noqa: F811
                                                               tmp_path: Path) -> None:
     server = {"chroma_host": "127.0.0.1", "chroma_port": chroma_server}
     assert ingest(lessons_copy, "--chroma-host", "127.0.0.1", "--chroma-port", chroma_server, "--embedder", tiny_st_model, "--quiet") == 0
