@@ -1,4 +1,4 @@
-"""`python -m rag.finetune` on a tiny BERT made here (no download): loss goes down, early stopping, resume, the card."""
+"""`python -m rag.finetune` on a tiny BERT made here (no download): labelled triplets, training, resume, the card."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, SMALL_LESSONS, build_tiny_st_model, copy_lessons
 
-from rag.eval.dataset import Triplet
-from rag.finetune.trainer import FinetuneConfig, Interrupted, TrainResult, train
+from rag.finetune.trainer import FinetuneConfig, Interrupted, TrainingData, TrainResult, build_data, train
 from rag.finetune.triplets import TripletSet, build_triplets, lesson_chunks, load_split
 
 TINY_LR = 1e-3  # a random 32-d model needs far more than the recipe's 2e-5 to move in a few steps
@@ -61,6 +60,12 @@ def triplet_sets(workspace: Path) -> tuple[TripletSet, TripletSet]:
     return tuple(build_triplets(s, load_split(workspace / "eval", s), chunks, seed=42) for s in ("train", "validation"))
 
 
+@pytest.fixture(scope="module")
+def training_data(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainingData:
+    """The labelled train triplets and the validation questions over every chunk of the four lessons."""
+    return build_data(config(workspace, tmp_path_factory.mktemp("data") / "out"), str(workspace / "tiny-bert"))
+
+
 def config(workspace: Path, out: Path, **changes: object) -> FinetuneConfig:
     base = FinetuneConfig(data=workspace / "eval", base=str(workspace / "tiny-bert"), out=out, lessons=workspace / "lessons",
                           epochs=4, lr=TINY_LR, threads=1)
@@ -98,16 +103,19 @@ def test_question_without_related_gets_a_negative_from_its_lesson(workspace: Pat
 
 
 def test_training_lowers_the_loss_and_the_model_loads_with_prefixes(workspace: Path, tmp_path: Path,
-                                                                   triplet_sets: tuple[TripletSet, TripletSet]) -> None:
+                                                                   training_data: TrainingData) -> None:
     from sentence_transformers import SentenceTransformer
 
     from rag.embeddings import E5Embeddings, SentenceTransformerBackend
 
-    result = train(config(workspace, tmp_path / "tuned", epochs=4), data=triplet_sets)
+    assert training_data.summary["validation"]["scorable"] == len(training_data.validation.queries) > 0
+    result = train(config(workspace, tmp_path / "tuned", epochs=4, freeze_embeddings=False), data=training_data)
     losses = [e.train_loss for e in result.epochs]
     assert len(losses) == 4 and all(x is not None for x in losses)
     assert losses[-1] < losses[0]
-    assert result.base_eval_loss is not None and [e.epoch for e in result.epochs] == [1, 2, 3, 4]
+    assert result.base_validation is not None and [e.epoch for e in result.epochs] == [1, 2, 3, 4]
+    assert all(e.mrr is not None and 0 <= e.mrr <= 1 for e in result.epochs)
+    assert result.best_validation == next(e.validation for e in result.epochs if e.epoch == result.best_epoch)
     assert not (tmp_path / "tuned/checkpoints").exists()  # a finished run needs nothing to resume from
     log = json.loads((tmp_path / "tuned/training_log.json").read_text(encoding="utf-8"))
     assert log["completed"] and log["best_epoch"] == result.best_epoch and len(log["epochs"]) == 4
@@ -126,33 +134,8 @@ def test_training_lowers_the_loss_and_the_model_loads_with_prefixes(workspace: P
     assert saved["default_prompt_name"] is None  # encode() adds nothing by itself: the product adds the prefix
 
 
-def _swapped(s: TripletSet) -> TripletSet:
-    return replace(s, triplets=[Triplet(t.question, t.negative, t.positive) for t in s.triplets])
-
-
-def test_early_stopping_keeps_the_best_epoch(workspace: Path, tmp_path: Path,
-                                             triplet_sets: tuple[TripletSet, TripletSet]) -> None:
-    from safetensors.numpy import load_file
-
-    train_set, _ = triplet_sets
-    # Validation = the training triplets with positive and negative swapped: every step that helps training hurts it.
-    out = tmp_path / "stopped"
-    result = train(config(workspace, out, epochs=10, patience=2, lr=5e-3, keep_checkpoints=True),
-                   data=(train_set, _swapped(train_set)))
-    val = [e.eval_loss for e in result.epochs]
-    assert result.early_stopped and result.stopped_at_epoch < 10
-    assert len(val) == result.stopped_at_epoch
-    assert result.best_epoch == 1 + int(np.argmin(val))
-    assert result.stopped_at_epoch == result.best_epoch + 2
-    best_step = next(e.step for e in result.epochs if e.epoch == result.best_epoch)
-    kept = load_file(str(out / "checkpoints" / f"checkpoint-{best_step}" / "model.safetensors"))
-    final = load_file(str(out / "model.safetensors"))
-    assert kept.keys() == final.keys()
-    assert all(np.array_equal(kept[k], final[k]) for k in kept)
-
-
 def test_an_interrupted_run_resumes_from_its_checkpoint(workspace: Path, tmp_path: Path,
-                                                        triplet_sets: tuple[TripletSet, TripletSet]) -> None:
+                                                        training_data: TrainingData) -> None:
     from transformers import TrainerCallback
 
     class StopAfterFirstSave(TrainerCallback):
@@ -169,20 +152,21 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(workspace: Path, tmp_pat
     out = tmp_path / "resumed"
     cfg = config(workspace, out, epochs=3)
     with pytest.raises(Interrupted, match="run the same command again"):
-        train(cfg, data=triplet_sets, callbacks=[StopAfterFirstSave()])
-    steps = -(-len(triplet_sets[0].triplets) // cfg.batch_size)
+        train(cfg, data=training_data, callbacks=[StopAfterFirstSave()])
+    steps = -(-len(training_data.triplets) // cfg.batch_size)
     assert (out / "checkpoints" / f"checkpoint-{steps}" / "trainer_state.json").is_file()
     assert not (out / "training_log.json").exists()
 
     seen = FirstStep()
-    result = train(cfg, data=triplet_sets, callbacks=[seen])
+    result = train(cfg, data=training_data, callbacks=[seen])
     assert result.resumed_from == f"checkpoint-{steps}"
-    assert result.base_eval_loss is not None  # measured before the interrupt, read back
+    assert result.base_validation  # measured before the interrupt, read back
     assert seen.steps == [steps, 2 * steps]  # epochs 2 and 3 only: epoch 1 came from the checkpoint
     assert [e.epoch for e in result.epochs] == [1, 2, 3]
 
-    straight = train(replace(cfg, out=tmp_path / "straight"), data=triplet_sets)
-    assert [e.eval_loss for e in result.epochs] == pytest.approx([e.eval_loss for e in straight.epochs], rel=1e-4)
+    straight = train(replace(cfg, out=tmp_path / "straight"), data=training_data)
+    assert [e.train_loss for e in result.epochs] == pytest.approx([e.train_loss for e in straight.epochs], rel=1e-4)
+    assert [e.mrr for e in result.epochs] == pytest.approx([e.mrr for e in straight.epochs], abs=1e-6)
 
 
 def test_resuming_with_other_settings_is_refused(workspace: Path, tmp_path: Path) -> None:
@@ -215,12 +199,15 @@ def test_cli_trains_evaluates_on_test_and_writes_the_card(workspace: Path, tmp_p
     monkeypatch.chdir(tmp_path)  # rag.eval keeps its per-embedder indexes under the working directory
     out = tmp_path / "models/tiny-tuned"
     argv = ["--data", str(workspace / "eval"), "--base", str(workspace / "tiny-bert"), "--out", str(out),
-            "--lessons", str(workspace / "lessons"), "--epochs", "2", "--lr", str(TINY_LR), "--threads", "1"]
+            "--lessons", str(workspace / "lessons"), "--epochs", "2", "--lr", str(TINY_LR), "--threads", "1",
+            "--from-index", "--max-pairs", "40", "--batch-size", "8"]
     assert main(argv) == 0
     card = (out / "README.md").read_text(encoding="utf-8")
     questions = {s: len(load_split(workspace / "eval", s)) for s in ("train", "test")}
     for expected in ("| **MRR@10** |", "| **Accuracy@1** |", "| **Hit@5** |", "| **nDCG@10** |", "| **Recall@5** |",
-                     "Validation loss per epoch", "Early stopping", "Training time", f"| train | {questions['train']} |"):
+                     "Per epoch", "Early stopping", "Training time", "### Validation (model selection)",
+                     f"| Labelled train questions (matched / in file) | {questions['train']} / {questions['train']} |",
+                     "| Material pairs used (sample, kinds in proportion) | 40 |", "#### Hybrid retrieval"):
         assert expected in card
     log = TrainResult.from_json(json.loads((out / "training_log.json").read_text(encoding="utf-8")))
     assert log.test is not None and log.test["dense"]["queries"] == questions["test"]

@@ -18,8 +18,11 @@ from rag.finetune.trainer import TrainResult
 from rag.finetune.triplets import TEST, load_split, split_file
 
 CARD_METRICS = ("MRR@10", "Accuracy@1", "Hit@1", "Hit@3", "Hit@5", "nDCG@10", "Recall@5")
+# The validation metrics the trainer's selection evaluator reports (rag.finetune.selection.REPORTED), as the card names them.
+VALIDATION_METRICS = {"mrr@10": "MRR@10", "accuracy@1": "Accuracy@1", "accuracy@3": "Hit@3", "accuracy@5": "Hit@5"}
 EXTRA_METRICS = ("HardNegativeAbove@10",)  # lower is better: a related chunk ranked above every correct one
 DENSE = "dense"  # the embedder alone decides the ranking: the comparison the recipe's card makes
+HYBRID = "hybrid"  # dense + BM25 (RRF): what the product usually runs
 
 
 class EvaluationFailed(VimathError, RuntimeError):
@@ -53,11 +56,11 @@ class Comparison:
 
 
 def methods_to_compare() -> list[str]:
-    """Dense (the embedder alone), then the product's configured retrieval method when it is another."""
+    """Dense (the embedder alone), hybrid, and the product's configured retrieval method when it is another."""
     from rag.settings import load_settings
 
     product = load_settings().retrieval_method
-    return [DENSE] if product == DENSE else [DENSE, product]
+    return [DENSE, HYBRID] + ([product] if product not in (DENSE, HYBRID) else [])
 
 
 def _question_json(q: Question) -> dict[str, Any]:
@@ -127,56 +130,107 @@ def comparison_table(c: Comparison) -> list[str]:
 
 
 def epochs_table(result: TrainResult) -> list[str]:
-    lines = ["| Epoch | Step | Training loss | Validation loss | Elapsed |", "|---:|---:|---:|---:|---:|"]
-    if result.base_eval_loss is not None:
-        lines.append(f"| 0 (base) | 0 | — | {_num(result.base_eval_loss)} | — |")
+    """Per epoch: training loss and the validation retrieval metrics selection used."""
+    names = list(VALIDATION_METRICS.values())
+    lines = ["| Epoch | Step | Training loss | " + " | ".join(f"Validation {n}" for n in names) + " | Elapsed |",
+             "|---:|---:|---:|" + "---:|" * len(names) + "---:|"]
+    if result.base_validation:
+        values = " | ".join(_num(result.base_validation.get(k)) for k in VALIDATION_METRICS)
+        lines.append(f"| 0 (base) | 0 | — | {values} | — |")
     for e in result.epochs:
-        mark = " **(best)**" if e.epoch == result.best_epoch else ""
-        lines.append(f"| {e.epoch}{mark} | {e.step} | {_num(e.train_loss)} | {_num(e.eval_loss)} | {e.elapsed_s:.0f} s |")
+        mark = " **(kept)**" if e.epoch == result.best_epoch else ""
+        values = " | ".join(_num((e.validation or {}).get(k)) for k in VALIDATION_METRICS)
+        lines.append(f"| {e.epoch}{mark} | {e.step} | {_num(e.train_loss)} | {values} | {e.elapsed_s:.0f} s |")
     return lines
 
 
+def validation_table(result: TrainResult) -> list[str]:
+    """Base vs the kept epoch on the validation split (dense, every chunk): what the guardrail judges."""
+    base, best = result.base_validation or {}, result.best_validation or {}
+    lines = ["| Metric | Base | Fine-tuned | Difference |", "|---|---:|---:|---:|"]
+    for key, name in VALIDATION_METRICS.items():
+        if key in base and key in best:
+            lines.append(f"| **{name}** | {base[key]:.4f} | {best[key]:.4f} | {best[key] - base[key]:+.4f} |")
+    return lines
+
+
+def guardrail(result: TrainResult) -> str:
+    """The plain statement whether this model may be called better than its base (validation only decides)."""
+    base, best = (result.base_validation or {}).get("mrr@10"), (result.best_validation or {}).get("mrr@10")
+    if result.beats_base:
+        return (f"✅ **Better than its base on validation** (MRR@10 {best:.4f} vs {base:.4f}): the kept epoch was chosen "
+                "on validation questions only; the test table below is its independent check.")
+    return (f"⛔ **Not better than its base on validation** (MRR@10 {_num(best)} vs {_num(base)}): do not use it; keep "
+            "the base embedder. The model is saved only so the run can be inspected.")
+
+
 def _data_lines(result: TrainResult, comparisons: Sequence[Comparison]) -> list[str]:
-    lines = ["| Split | Questions | Used | Triplets | Negative from `related` | Negative from the same lesson |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name in ("train", "validation"):
-        d = result.data[name]
-        lines.append(f"| {name} | {d['questions']} | {d['scorable']} | {d['triplets']} | "
-                     f"{d['negatives_from_related']} | {d['negatives_from_same_lesson']} |")
+    data = result.data
+    lines = ["| Source | Count |", "|---|---:|"]
+    material = data.get("material")
+    if material:
+        lines.append(f"| Chunks the pairs were made from | {material['chunks']} |")
+        for kind, count in material["pairs"].items():
+            if kind not in ("total", "with_hard_negative") and not kind.startswith("style:"):
+                lines.append(f"| Material pairs: {kind} | {count} |")
+        lines.append(f"| Material pairs, with the student forms (no diacritics, plain-text math) | {material['with_styles']} |")
+        lines.append(f"| Material pairs used (sample, kinds in proportion) | {material['used']} |")
+    if "llm" in data:
+        lines.append(f"| LLM-generated questions | {data['llm'].get('questions', 0)} |")
+    train = data.get("train")
+    if train:
+        lines.append(f"| Labelled train questions (matched / in file) | {train['scorable']} / {train['questions']} |")
+        lines.append(f"| Labelled train triplets | {train['triplets']} |")
+    lines.append(f"| Training triplets in all | {data.get('triplets', '—')} |")
+    validation = data.get("validation")
+    if validation:
+        lines.append(f"| Validation questions (selection only; scored / in file) | {validation['scorable']} / "
+                     f"{validation['questions']} |")
     test = f"{comparisons[0].queries} scored" if comparisons else "not evaluated"
-    lines.append(f"| test | {test} | — (never used for training or model selection) | — | — | — |")
+    lines.append(f"| Test questions (never used for training or selection) | {test} |")
     return lines
 
 
 FRONT_MATTER = ["---", "language:", "- vi", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
                 "tags:", "- sentence-transformers", "- mathematics", "- vietnamese", "- hard-negatives",
-                "- loss-based-early-stopping", "- e5", "base_model: {base_model}", "metrics:", "- mean_reciprocal_rank",
+                "- retrieval-based-model-selection", "- e5", "base_model: {base_model}", "metrics:", "- mean_reciprocal_rank",
                 "- hit_rate", "- accuracy", "- ndcg", "- recall", "---", ""]
 
 
 def _overview(result: TrainResult, name: str, base_text: str) -> list[str]:
     cfg = result.config
-    return [f"# {name}: E5 fine-tuned on this teacher's lessons (hard negatives, loss-based early stopping)", "",
-            "## Model overview", "",
+    sources = []
+    if cfg.get("from_index"):
+        sources.append("pairs made from the lessons themselves, no labels needed (an exercise or example → the theory "
+                       "of its section and its solution, a heading → its body, a definition's subject → the definition; "
+                       "hard negatives from another section of the same lesson or the same section's exercises)")
+    if cfg.get("labels", True):
+        sources.append("the labelled train questions, each with its related chunk as hard negative")
+    return [f"# {name}: E5 fine-tuned on this teacher's lessons", "", "## Model overview", "",
             (f"Fine-tuned from {base_text} for **exact chunk retrieval** in the vimath-tutor lessons "
-             f"(`{cfg['lessons']}`), with the recipe of `ThanhLe0125/ebd-math`:"),
-            ("- **Hard negatives**: each question's *related* chunk (a close topic that does not answer it) is the "
-             "negative of its triplet; the other questions' chunks in the batch are further negatives."),
-            f"- **Loss-based early stopping**: validation loss every epoch, patience {cfg['patience']}, the best epoch kept.",
-            "- Chunks are those the product indexes: the lessons chunked by `rag.chunking` with this model's tokenizer.", ""]
+             f"(`{cfg['lessons']}`) with MultipleNegativesRankingLoss on " + "; and ".join(sources) + "."),
+            (f"- **Model selection by retrieval**: after every epoch, MRR@10 of the validation questions over every "
+             f"chunk; patience {cfg['patience']}; the best epoch kept."),
+            "- Chunks are those the product indexes: the lessons chunked by `rag.chunking` with this model's tokenizer.",
+            "", guardrail(result), ""]
 
 
 def _training_results(result: TrainResult) -> list[str]:
     cfg = result.config
     if result.early_stopped:
-        stop = (f"✅ Triggered after epoch {result.stopped_at_epoch} (validation loss did not improve for "
+        stop = (f"✅ Triggered after epoch {result.stopped_at_epoch} (validation MRR@10 did not improve for "
                 f"{cfg['patience']} epochs)")
     else:
         stop = f"❌ Not triggered (ran {result.stopped_at_epoch} of {cfg['epochs']} epochs)"
     resumed = f" (resumed from {result.resumed_from})" if result.resumed_from else ""
-    return ["## Performance summary", "", "### Training results", "",
-            (f"- **Best validation loss**: {_num(result.best_eval_loss)} (epoch {result.best_epoch}; "
-             f"base before training: {_num(result.base_eval_loss)})"),
+    lines = ["## Performance summary", "", "### Validation (model selection)", ""]
+    if result.best_validation and result.base_validation:
+        lines += [(f"{result.data.get('validation', {}).get('scorable', '—')} validation questions, every chunk "
+                   "ranked by cosine (dense), the float32 base vs the kept epoch:"), "", *validation_table(result), ""]
+    else:
+        lines += [f"- **Best validation loss**: {_num(result.best_eval_loss)} (epoch {result.best_epoch}; "
+                  f"base before training: {_num(result.base_eval_loss)})", ""]
+    return [*lines, f"- **Kept epoch**: {result.best_epoch}",
             f"- **Training epochs**: {result.stopped_at_epoch} of at most {cfg['epochs']}",
             f"- **Early stopping**: {stop}",
             f"- **Training time**: {_duration(result.train_time_s)} on {result.device}{resumed}", ""]
@@ -230,19 +284,19 @@ def _training_details(result: TrainResult, comparisons: Sequence[Comparison]) ->
     return ["## Training details", "", "### Data", "",
             f"Questions: `{cfg['data']}` (labels resolved to chunks by `rag.eval.dataset`).", "",
             *_data_lines(result, comparisons), "",
-            ("A question whose related label matches no chunk other than its correct ones gets, as its negative, "
-             "another chunk of the same lesson, drawn with the seed."), "",
             "### Configuration", "", "```python",
             f"base_model = {result.base_path!r}",
             f"train_batch_size = {cfg['batch_size']}", f"learning_rate = {cfg['lr']}",
             f"max_epochs = {cfg['epochs']}", f"early_stopping_patience = {cfg['patience']}",
             f"warmup_ratio = {cfg['warmup_ratio']}", f"max_seq_length = {cfg['max_seq_length']}",
+            f"freeze_word_embeddings = {cfg.get('freeze_embeddings', False)}",
+            f"max_material_pairs = {cfg.get('max_pairs')}", f"style_share = {cfg.get('style_share')}",
             f"seed = {cfg['seed']}", 'loss_function = "MultipleNegativesRankingLoss"',
-            'evaluation_metric = "validation_loss"  # every epoch, on validation-split triplets',
+            f"selection = {cfg['selection']!r}",
             'prompts = {"anchor": "query: ", "positive": "passage: ", "negative": "passage: "}',
             'batch_sampler = "no_duplicates"', "```", "",
             f"{result.steps_per_epoch} steps per epoch.", "",
-            "### Validation loss per epoch", "", *epochs_table(result), ""]
+            "### Per epoch", "", *epochs_table(result), ""]
 
 
 def _architecture(result: TrainResult, base_text: str) -> list[str]:
@@ -251,10 +305,10 @@ def _architecture(result: TrainResult, base_text: str) -> list[str]:
             "- **Pooling**: mean, then L2 normalisation", "- **Similarity**: cosine",
             "- **Training loss**: MultipleNegativesRankingLoss", "",
             "## Limitations", "",
-            ("- Trained on a small labelled set for these lessons: it may overfit their wording; re-check with "
-             "`python -m rag.eval` after the lessons change."),
-            ("- Model selection uses the validation loss (in-batch MultipleNegativesRankingLoss), a proxy: it can fall "
-             "while ranking among all chunks gets no better, so trust the test table above, not the loss."),
+            ("- Trained on these lessons' own structure and wording: re-train and re-check with `python -m rag.eval` "
+             "after the lessons change."),
+            ("- Validation MRR@10 is measured with the float32 export of the base; the product's `bundled` embedder is "
+             "the same model in 4 bits, so the test table (through the product's path) is the one to trust."),
             "- Vietnamese mathematics only; 256-token window; the E5 prefixes are required.", "",
             "---", f"*Trained on {date.today():%B %d, %Y} with `python -m rag.finetune`; log: `training_log.json`.*", ""]
 

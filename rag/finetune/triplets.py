@@ -18,6 +18,7 @@ from rag.eval.dataset import (
     load_questions,
     resolve,
 )
+from rag.finetune.pairs import Pair
 from rag.index import StoredChunk
 from rag.ingestion import chunk_id, chunk_metadata, discover, prepare_file
 from rag.loaders import LoadError
@@ -67,11 +68,11 @@ def load_split(data: Path, split: str) -> list[Question]:
     return [q for part in parts for q in load_questions(part, split)]
 
 
-def lesson_chunks(lessons: Path, embeddings: E5Embeddings, config: ChunkerConfig | None = None) -> list[ChunkView]:
-    """Every lesson chunked exactly as `python -m ingest` does with this embedder, with the ids the index would give."""
+def stored_lesson_chunks(lessons: Path, embeddings: E5Embeddings, config: ChunkerConfig | None = None) -> list[StoredChunk]:
+    """Every lesson chunked exactly as `python -m ingest` does with this embedder: ids, texts and metadata as stored."""
     config = config or ChunkerConfig(max_tokens=embeddings.identity.max_tokens)
     files, _ = discover([lessons])
-    views: list[ChunkView] = []
+    stored: list[StoredChunk] = []
     for file in files:
         try:
             prepared = prepare_file(file, embeddings, config)
@@ -80,9 +81,18 @@ def lesson_chunks(lessons: Path, embeddings: E5Embeddings, config: ChunkerConfig
         total = len(prepared.chunks)
         for chunk in prepared.chunks:
             meta = chunk_metadata(file.source, prepared.fingerprint, chunk, total)
-            stored = StoredChunk(chunk_id(file.source, prepared.fingerprint, chunk.ordinal), chunk.text, meta)
-            views.append(ChunkView.of(stored))
-    return sorted(views, key=lambda c: c.id)
+            stored.append(StoredChunk(chunk_id(file.source, prepared.fingerprint, chunk.ordinal), chunk.text, meta))
+    return stored
+
+
+def lesson_chunks(lessons: Path, embeddings: E5Embeddings, config: ChunkerConfig | None = None) -> list[ChunkView]:
+    """Every lesson chunked exactly as `python -m ingest` does with this embedder, with the ids the index would give."""
+    return views_of(stored_lesson_chunks(lessons, embeddings, config))
+
+
+def views_of(chunks: Sequence[StoredChunk]) -> list[ChunkView]:
+    """What labels are matched against, sorted by id."""
+    return sorted((ChunkView.of(c) for c in chunks), key=lambda c: c.id)
 
 
 def same_lesson_negative(q: ResolvedQuestion, chunks: dict[str, ChunkView], seed: int) -> str | None:
@@ -126,3 +136,21 @@ def as_dataset(triplets: Sequence[Triplet]) -> Dataset:
 
     return Dataset.from_dict({"anchor": [t.question for t in triplets], "positive": [t.positive for t in triplets],
                               "negative": [t.negative for t in triplets]})
+
+
+def pair_triplets(pairs: Sequence[Pair], chunks: Sequence[StoredChunk], seed: int) -> list[Triplet]:
+    """Material pairs as triplets; a pair without a hard negative gets a chunk of another lesson, drawn with the seed."""
+    rng = random.Random(f"{seed}:fill")
+    out = []
+    for p in pairs:
+        negative = p.negative
+        if negative is None:
+            pool = [c.text for c in chunks if c.text != p.positive and c.metadata.get("source") != _source_of(p, chunks)]
+            negative = rng.choice(pool) if pool else None
+        if negative is not None:
+            out.append(_triplet(p.anchor, p.positive, negative))
+    return out
+
+
+def _source_of(pair: Pair, chunks: Sequence[StoredChunk]) -> object:
+    return next((c.metadata.get("source") for c in chunks if c.id == pair.positive_id), None)
