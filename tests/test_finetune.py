@@ -87,6 +87,17 @@ def test_triplets_come_from_train_and_validation_only(workspace: Path, triplet_s
         build_triplets("test", load_split(workspace / "eval", "test"), [], seed=42)
 
 
+def test_no_test_question_trains_or_selects(workspace: Path, tmp_path: Path) -> None:
+    data = build_data(config(workspace, tmp_path / "out", from_index=True, style_share=1.0), str(workspace / "tiny-bert"))
+    test_questions = {json.loads(x)["question"] for x in (workspace / "eval/test.jsonl").read_text(encoding="utf-8").splitlines()}
+    validation = {json.loads(x)["question"] for x in (workspace / "eval/validation.jsonl").read_text(encoding="utf-8").splitlines()}
+    used = set(data.anchors) | {t.question for t in data.triplets}
+    assert data.summary["material"]["pairs"]["total"] > 0 and test_questions
+    assert not used & test_questions and not used & validation  # validation only selects
+    assert not set(data.validation.queries.values()) & test_questions
+    assert set(data.validation.queries.values()) <= validation
+
+
 def test_question_without_related_gets_a_negative_from_its_lesson(workspace: Path) -> None:
     from rag.embeddings import E5Embeddings, SentenceTransformerBackend
     from rag.eval.dataset import parse_question

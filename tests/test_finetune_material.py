@@ -304,3 +304,39 @@ def test_the_adapter_cli_saves_a_model_the_product_loads(tiny_lesson: tuple[Path
     text = chunks[0].text
     expected = apply(weight, base_vectors.encode(__import__("sentence_transformers").SentenceTransformer(str(model)), [text]))
     assert np.allclose(product.encode([text], "passage")[0], expected[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_adapter_beats_the_bundled_base_on_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real thing on this machine's CPU (~10 min): every lesson, the bundled base exported, no test question."""
+    from conftest import REPO
+
+    from rag.finetune.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "models/adapted"
+    argv = ["--adapter", "--from-index", "--base", "bundled", "--out", str(out), "--data", str(REPO / "data/eval"),
+            "--lessons", str(REPO / "data/lessons"), "--threads", "2", "--no-eval"]
+    assert main(argv) == 0
+    log = json.loads((out / "training_log.json").read_text(encoding="utf-8"))
+    assert log["beats_base"]
+    assert log["best_validation"]["mrr@10"] >= log["base_validation"]["mrr@10"] + 0.05
+    assert log["data"]["material"]["pairs"]["total"] > 300
+
+
+def test_pairs_from_an_ingested_index_equal_those_from_the_lessons(tiny_lesson: tuple[Path, Path, list[StoredChunk]],
+                                                                   tmp_path: Path) -> None:
+    from ingest.__main__ import main as ingest
+    from rag.embeddings import E5Embeddings, SentenceTransformerBackend
+    from rag.finetune.trainer import material_chunks
+
+    root, model, _ = tiny_lesson
+    assert ingest([str(root / "lessons"), "--index", str(tmp_path / "index"), "--embedder", str(model), "--quiet"]) == 0
+    from_index = material_chunks(_config(root, model, tmp_path / "out", index=tmp_path / "index"), str(model))
+    from_lessons = stored_lesson_chunks(root / "lessons", E5Embeddings(SentenceTransformerBackend(str(model))))
+
+    def pairs(chunks: list[StoredChunk]) -> set[tuple[str, str, str]]:
+        return {(p.kind, p.anchor, p.positive) for p in material_pairs(chunks, seed=3).pairs}
+
+    assert sorted(c.id for c in from_index) == sorted(c.id for c in from_lessons)
+    assert pairs(from_index) == pairs(from_lessons) and pairs(from_index)

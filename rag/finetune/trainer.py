@@ -435,6 +435,9 @@ def train(config: FinetuneConfig, *, data: TrainingData | None = None, evaluator
         loss=MultipleNegativesRankingLoss(model),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience), _epoch_clock(), *callbacks],
     )
+    if trainer.args.device.type == "cpu":
+        print(f"Training every layer on a CPU: {-(-len(data.triplets) // config.batch_size)} steps an epoch, each up to "
+              "a minute or more on shared cores; --adapter adapts the embedder in minutes.", flush=True)
     base_metrics = base_validation(trainer, folder, fresh=resume is None)
     print(f"Training {base} → {config.out}: {len(data.triplets)} triplets, {threads} torch threads; base validation "
           f"MRR@10 {base_metrics.get('mrr@10', float('nan')):.4f}" + (f", resuming from {resume.name}" if resume else ""),
