@@ -206,9 +206,11 @@ def _overview(result: TrainResult, name: str, base_text: str) -> list[str]:
                        "hard negatives from another section of the same lesson or the same section's exercises)")
     if cfg.get("labels", True):
         sources.append("the labelled train questions, each with its related chunk as hard negative")
-    return [f"# {name}: E5 fine-tuned on this teacher's lessons", "", "## Model overview", "",
-            (f"Fine-tuned from {base_text} for **exact chunk retrieval** in the vimath-tutor lessons "
-             f"(`{cfg['lessons']}`) with MultipleNegativesRankingLoss on " + "; and ".join(sources) + "."),
+    how = ("a linear adapter (384×384, from the identity) trained on the frozen encoder's vectors with a softmax over "
+           "every chunk of the lessons" if cfg.get("adapter") else "every layer trained with MultipleNegativesRankingLoss")
+    return [f"# {name}: E5 adapted to this teacher's lessons", "", "## Model overview", "",
+            (f"Adapted from {base_text} for **exact chunk retrieval** in the vimath-tutor lessons "
+             f"(`{cfg['lessons']}`): {how}, on " + "; and ".join(sources) + "."), "",
             (f"- **Model selection by retrieval**: after every epoch, MRR@10 of the validation questions over every "
              f"chunk; patience {cfg['patience']}; the best epoch kept."),
             "- Chunks are those the product indexes: the lessons chunked by `rag.chunking` with this model's tokenizer.",
@@ -291,7 +293,7 @@ def _training_details(result: TrainResult, comparisons: Sequence[Comparison]) ->
             f"warmup_ratio = {cfg['warmup_ratio']}", f"max_seq_length = {cfg['max_seq_length']}",
             f"freeze_word_embeddings = {cfg.get('freeze_embeddings', False)}",
             f"max_material_pairs = {cfg.get('max_pairs')}", f"style_share = {cfg.get('style_share')}",
-            f"seed = {cfg['seed']}", 'loss_function = "MultipleNegativesRankingLoss"',
+            f"seed = {cfg['seed']}", f"adapter = {cfg.get('adapter', False)}", f"loss_function = {cfg['loss']!r}",
             f"selection = {cfg['selection']!r}",
             'prompts = {"anchor": "query: ", "positive": "passage: ", "negative": "passage: "}',
             'batch_sampler = "no_duplicates"', "```", "",
@@ -303,7 +305,9 @@ def _architecture(result: TrainResult, base_text: str) -> list[str]:
     return ["## Model architecture", "",
             f"- **Base**: {base_text}", f"- **Max sequence length**: {result.config['max_seq_length']} tokens",
             "- **Pooling**: mean, then L2 normalisation", "- **Similarity**: cosine",
-            "- **Training loss**: MultipleNegativesRankingLoss", "",
+            f"- **Training loss**: {result.config['loss']}",
+            *(["- **Adapter**: `3_Dense` (no bias) between two L2 normalisations, applied to queries and passages"]
+              if result.config.get("adapter") else []), "",
             "## Limitations", "",
             ("- Trained on these lessons' own structure and wording: re-train and re-check with `python -m rag.eval` "
              "after the lessons change."),
