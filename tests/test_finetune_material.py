@@ -340,3 +340,31 @@ def test_pairs_from_an_ingested_index_equal_those_from_the_lessons(tiny_lesson: 
 
     assert sorted(c.id for c in from_index) == sorted(c.id for c in from_lessons)
     assert pairs(from_index) == pairs(from_lessons) and pairs(from_index)
+
+
+def test_generated_questions_join_the_training_data(tiny_lesson: tuple[Path, Path, list[StoredChunk]], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.finetune.trainer import build_data
+
+    root, model, _ = tiny_lesson
+
+    def about_the_chunk(messages, options) -> str:  # one question per chunk, quoting the chunk's last words
+        return "hỏi về: " + messages[-1]["content"].strip()[-40:]
+
+    data = root / "eval"
+    data.mkdir(exist_ok=True)
+    row = {"id": "v1", "question": "tiệm cận đứng là gì", "split": "validation",
+           "correct": [{"source": "lop12/01-tiem-can.md", "span": "gọi là đường tiệm cận đứng"}]}
+    (data / "validation.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    with FakeOllama(models=["tiny:1b"], reply=about_the_chunk) as fake:
+        monkeypatch.setenv("VIMATH_OLLAMA_URL", fake.url)
+        monkeypatch.setenv("VIMATH_OLLAMA_MODEL", "tiny:1b")
+        config = _config(root, model, tmp_path / "models/out", from_index=True, labels=False, generate_with_llm=True,
+                         llm_budget_s=60, style_share=0.0)
+        made = build_data(config, str(model))
+    n = made.summary["chunks"]  # as ingest chunks the lesson (merged up to the target size)
+    assert made.summary["llm"]["questions"] == n and made.summary["llm"]["asked"] == n
+    assert made.summary["material"]["used_by_kind"]["llm"] == n
+    generated = {a: ids for a, ids in made.anchors.items() if a.startswith("hỏi về:")}
+    assert len(generated) == n and all(len(ids) == 1 for ids in generated.values())
+    assert list((tmp_path / "models/_llm_questions").glob("*.json"))
