@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,6 +11,7 @@ import pytest
 from chromadb.config import Settings as ChromaSettings
 from fake_ollama import FakeOllama, free_port
 from streamlit.testing.v1 import AppTest
+from test_conversation_log import locked  # another connection holding the SQLite log
 from ui_testing import COLLECTION, ROOT, build_test_index, ui_env
 
 import ui.common
@@ -395,18 +394,6 @@ def test_password_check_compares_fixed_length_digests_and_not_at_all_while_waiti
     login(at, "sai")  # the third: now a wait applies
     login(at, TEACHER_PASSWORD)
     assert throttled(at) and len(compared) == 3  # refused without being compared
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Another program holds the SQLite log with an exclusive lock."""
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
 
 
 def no_sql(texts: list[str]) -> None:
