@@ -3,7 +3,6 @@ and LLM question generation with its cache and time budget (tiny models, a fake 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from conftest import build_tiny_st_model
 from fake_ollama import FakeOllama
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+from test_finetune import _restore_torch_threads  # noqa: F401  (autouse: train() pins torch threads)
 
 from rag.chunking import ChunkerConfig
 from rag.finetune.pairs import Pair, material_pairs, parse_blocks, sample, with_styles
@@ -40,16 +40,6 @@ LESSON = r"""# Bài 1. Đường tiệm cận
 
 **Bài 2.** Đồ thị hàm số $y = \dfrac{x + 5}{x - 4}$ có đường tiệm cận đứng là đường thẳng nào?
 """
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads() -> Iterator[None]:
-    """train() pins torch's threads for the process; give the rest of the suite its setting back."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
