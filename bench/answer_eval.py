@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from rag import prompts  # noqa: E402
 from rag.answering import Tutor, instructions  # noqa: E402
 from rag.degenerate import judge, longest_copy  # noqa: E402
 from rag.eval.dataset import load_questions, resolve_against  # noqa: E402
@@ -41,9 +42,10 @@ EVAL = ROOT / "data" / "eval"
 
 # --- metrics on one answer -------------------------------------------------------------------------------------
 
-# The prompt tells the model to say exactly this when the material does not cover the question; variants seen too.
-_REFUSAL = re.compile(r"chưa đề cập|không đề cập|không có (?:thông tin|nội dung)|không đủ (?:thông tin|để trả lời)|"
-                      r"không thể trả lời|hỏi (?:thầy|cô|giáo viên)", re.IGNORECASE)
+# Saying the material does not cover the question, in the prompt's words or the variants seen. "Ask your teacher"
+# alone is not a refusal: a good answer may end with it.
+_REFUSAL = re.compile(r"chưa (?:được )?đề cập|không (?:được )?đề cập|(?:chưa|không) có (?:thông tin|nội dung|kiến thức)|"
+                      r"không đủ (?:thông tin|để trả lời)|không thể trả lời", re.IGNORECASE)
 _VI_LETTERS = set("ăâđêôơưáàảãạắằẳẵặấầẩẫậéèẻẽẹếềểễệíìỉĩịóòỏõọốồổỗộớờởỡợúùủũụứừửữựýỳỷỹỵ")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$", re.DOTALL)
@@ -87,7 +89,7 @@ def score(record: dict[str, Any], correct: set[str], material: list[str], prompt
     text = record.get("text") or ""
     raw = record.get("raw_text", text)
     cited = record.get("cited_ids") or []
-    verdict = judge(raw, material, prompt_lines) if record["status"] != "degenerate" else None
+    verdict = judge(raw, material, prompt_lines, record.get("question") or "") if record["status"] != "degenerate" else None
     first, total, out = record["timings"].get("first_token_s"), record["timings"]["total_s"], record.get("completion_tokens")
     return {
         "answered": bool(text.strip()),
@@ -260,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", default=":", metavar="START:END",
                         help="a slice of the question list (in-scope first, then out-of-scope): shards run on several servers")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge shard result files into --name and stop")
+    parser.add_argument("--prompts", type=Path, help="a folder of prompt files to use instead of prompts/ (a variant to compare)")
+    parser.add_argument("--ids", help="only these question ids, comma-separated (a pilot on chosen questions)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=JSON",
                         help="override a setting, e.g. degenerate_guard=false or llm_stop=[] (the 'before' chain)")
     args = parser.parse_args(argv)
@@ -267,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         return rescore(args.rescore)
     if args.merge:
         return merge(args.merge, args.name, args.out)
+    if args.prompts:
+        prompts.PROMPTS_DIR = args.prompts.resolve()
     overrides: dict[str, Any] = {"answer_tokens": args.num_predict}
     if args.index:
         overrides["index_dir"] = args.index
@@ -278,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     tutor = Tutor(Searcher(make_ranker(settings, index, embeddings)), settings)
     start, _, end = args.items.partition(":")
     items = load_items(index, args.split, args.limit, args.oos_limit)[int(start or 0): int(end) if end else None]
-    meta = {"provider": settings.llm_provider, "model": settings.effective_model(), "num_predict": args.num_predict,
+    if args.ids:
+        wanted = set(args.ids.split(","))
+        items = [item for item in items if item.id in wanted]
+    meta = {"prompts": str(prompts.PROMPTS_DIR), "prompt_version": prompts.tutor_version(),
+            "provider": settings.llm_provider, "model": settings.effective_model(), "num_predict": args.num_predict,
             "overrides": {k: str(v) for k, v in overrides.items()}, "split": args.split, "top_k": settings.top_k,
             "min_score": settings.min_score, "instructions": instructions(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     records: list[dict[str, Any]] = []

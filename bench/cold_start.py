@@ -9,7 +9,7 @@ IngestJob (chunking, stored BM25 terms, the published snapshot). Larger indexes 
 chunked and segmented once, each copy's chunks and terms derived from them by the same digit shift (segmenting
 50k chunks costs minutes of CPU that this machine's shared cores do not have), then `bm25.publish` as the job does. Each measurement is a fresh process; the
 median wall time and peak RSS (from /usr/bin/time) of `--repeat` runs are reported, side by side, as ratios.
-Variants: dense-only; hybrid; hybrid whose BM25 snapshot was deleted (rebuilt from the stored terms); hybrid with
+Variants: dense-only; hybrid; lesson (the default method); hybrid whose BM25 snapshot was deleted (rebuilt from the stored terms); hybrid with
 no lexical store at all (every chunk segmented again, as before the store existed; indexes up to 5,000 chunks). Run it alone: timings on a
 shared machine are only comparable within one run.
 """
@@ -129,7 +129,8 @@ def cold_search(index_dir: Path, method: str) -> tuple[float, float]:
 
 def measure(index_dir: Path, repeat: int, with_no_store: bool) -> dict[str, tuple[float, float]]:
     lexical = index_dir / LEXICAL_DIR
-    variants = {"dense": ("dense", None), "hybrid": ("hybrid", None), "hybrid, no snapshot": ("hybrid", "snapshot")}
+    variants = {"dense": ("dense", None), "hybrid": ("hybrid", None), "lesson (default)": ("lesson", None),
+                "hybrid, no snapshot": ("hybrid", "snapshot")}
     if with_no_store:  # segmenting every chunk again: minutes for 50k, so only for small indexes
         variants["hybrid, no store"] = ("hybrid", "store")
     cold_search(index_dir, "hybrid")  # warm the page cache once: every variant then reads warm files

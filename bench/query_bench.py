@@ -1,7 +1,9 @@
 """Query-path benchmark without the LLM: embed the question, search, build the prompt.
 
-p50/p95 of the whole path and of embedding the question alone (the floor), on the sample index and on a
-synthetic index of 10,000 chunks, for dense and hybrid retrieval, in one run. Target: the time beyond the embedding ≤ 20 ms at p50.
+p50/p95 of embedding the question alone, and of the rest of the path with the question already embedded, on the
+sample index and on a synthetic index of 10,000 chunks, per ranking method (and within one grade with --grade), in
+one run. Target: the time beyond the embedding ≤ 20 ms at p50. `embeddings_per_question` counts the lesson ranker's
+second embedding of an MCQ's options.
 
     python bench/query_bench.py [--index DIR] [--synthetic 10000] [--out bench/results/query.json]
 """
@@ -19,6 +21,7 @@ import numpy as np
 from rag.answering import fit_budget
 from rag.index import LessonIndex
 from rag.prompts import format_chunk, tutor_template
+from rag.ranking.base import QueryVectorCache
 from rag.retrieval import Filters, Searcher
 from rag.settings import Settings
 from rag.workspace import make_ranker, open_index
@@ -43,21 +46,29 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def measure(index: LessonIndex, embeddings, settings: Settings, qs: list[str], rounds: int, filters: Filters = Filters()) -> dict:
-    searcher = Searcher(make_ranker(settings, index, embeddings))
-    embed_only, full = [], []
+    """Embedding p50/p95 on its own, and the rest of the path (search, fusion, prompt) timed with every query vector
+    already embedded: on a busy machine the difference of two noisy totals said little about a 20 ms budget."""
+    embed_only = []
+    for q in qs:
+        started = time.perf_counter()
+        embeddings.embed_query(q)
+        embed_only.append(time.perf_counter() - started)
+    cached = QueryVectorCache(embeddings, size=4 * len(qs))  # the rankers use it as is (QueryVectorCache.wrap)
+    searcher = Searcher(make_ranker(settings, index, cached))
+    for q in qs:  # untimed: embeds each question (an MCQ's stem and options apart) into the cache
+        searcher.search(q, settings.top_k, filters=filters)
+    embeddings_per_question = cached.cached() / len(qs)
+    beyond = []
     for _ in range(rounds):
         for q in qs:
             started = time.perf_counter()
-            embeddings.embed_query(q)
-            embed_only.append(time.perf_counter() - started)
-            started = time.perf_counter()
             hits = searcher.search(q, settings.top_k, filters=filters)
             build_prompt(q, hits, settings)
-            full.append(time.perf_counter() - started)
-    result = {"method": settings.retrieval_method, "grade": filters.grade, "chunks": index.count(), "queries": len(full),
-              "embed": percentiles(embed_only), "full": percentiles(full)}
-    result["beyond_embedding_p50_ms"] = result["full"]["p50_ms"] - result["embed"]["p50_ms"]
-    result["beyond_embedding_p95_ms"] = result["full"]["p95_ms"] - result["embed"]["p95_ms"]
+            beyond.append(time.perf_counter() - started)
+    result = {"method": settings.retrieval_method, "grade": filters.grade, "chunks": index.count(), "queries": len(beyond),
+              "embed": percentiles(embed_only), "embeddings_per_question": embeddings_per_question, "beyond": percentiles(beyond)}
+    result["beyond_embedding_p50_ms"] = result["beyond"]["p50_ms"]
+    result["beyond_embedding_p95_ms"] = result["beyond"]["p95_ms"]
     return result
 
 

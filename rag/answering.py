@@ -142,11 +142,42 @@ class Answer:
         return record
 
 
+# A small model often names the chunk in words ("theo đoạn tài liệu số 1") instead of writing [1]: the benchmark
+# (Qwen2.5-1.5B) did so in most answers. Such a reference gets its marker, so it counts and links like [1].
+_SPELLED = re.compile(r"(?:đoạn\s+tài\s+liệu|đoạn|tài\s+liệu)\s+số\s+(\d+)|đoạn\s+tài\s+liệu\s+(\d+)(?!\s*[.,]\d)", re.IGNORECASE)
+
+
+def mark_spelled_citations(text: str) -> str:
+    """"đoạn tài liệu số 2" → "đoạn tài liệu số 2 [2]" (unless a marker follows already)."""
+    def mark(match: re.Match[str]) -> str:
+        number = match.group(1) or match.group(2)
+        following = text[match.end(): match.end() + 8]
+        return match.group(0) if re.match(rf"\s*\[{number}\]", following) else f"{match.group(0)} [{number}]"
+    return _SPELLED.sub(mark, text)
+
+
+# Formulas, where "[1; 3]" is an interval, not a citation: markers are read and dropped only outside them.
+_MATH_SPAN = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|(?<![\\$])\$(?!\$).+?(?<![\\$])\$", re.S)
+
+
+def _outside_math(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the stretches of `text` outside formulas."""
+    spans, at = [], 0
+    for m in _MATH_SPAN.finditer(text):
+        spans.append((at, m.start()))
+        at = m.end()
+    return [*spans, (at, len(text))]
+
+
+def _citation_matches(text: str) -> list[re.Match[str]]:
+    return [m for start, end in _outside_math(text) for m in _CITATION.finditer(text, start, end)]
+
+
 def parse_citations(text: str, available: int) -> tuple[list[int], list[int]]:
-    """Cited chunk numbers in order of first mention, and markers pointing at no chunk."""
+    """Cited chunk numbers in order of first mention, and markers pointing at no chunk (formulas aside)."""
     valid: list[int] = []
     invalid: list[int] = []
-    for match in _CITATION.finditer(text):
+    for match in _citation_matches(text):
         for number in (int(n) for n in re.split(r"\s*[,;]\s*", match.group(1))):
             bucket = valid if 1 <= number <= available else invalid
             if number not in bucket:
@@ -159,7 +190,11 @@ def drop_invalid_markers(text: str, available: int) -> str:
     def keep(match: re.Match[str]) -> str:
         numbers = [n for n in re.split(r"\s*[,;]\s*", match.group(1)) if 1 <= int(n) <= available]
         return f"[{', '.join(numbers)}]" if numbers else ""
-    return _CITATION.sub(keep, text)
+    out, at = [], 0
+    for match in _citation_matches(text):
+        out += [text[at: match.start()], keep(match)]
+        at = match.end()
+    return "".join([*out, text[at:]])
 
 
 def estimate_tokens(text: str) -> int:
@@ -374,7 +409,7 @@ class AnswerStream:
                                                     context="\n\n".join(format_chunk(n, h) for n, h in enumerate(context, start=1)))
         answer.prompt_tokens_estimate = sum(estimate_tokens(str(m.content)) for m in messages)
         answer.prompt_chars = sum(len(str(m.content)) for m in messages)
-        guard = DegenerateGuard([h.text for h in context], instructions()) if settings.degenerate_guard else None
+        guard = DegenerateGuard([h.text for h in context], instructions(), question=question) if settings.degenerate_guard else None
         chat = self.tutor.chat(budget.num_ctx)  # made (and its client imported) before the clock starts
         asked = time.perf_counter()
         first_deadline, total_deadline = asked + first_token_timeout(settings), asked + settings.llm_timeout_s
@@ -419,6 +454,7 @@ class AnswerStream:
             raw = verdict.keep
             answer.status, answer.notice = AnswerStatus.DEGENERATE, degenerate_notice(verdict)
             answer.degenerate = f"{verdict.kind}: {verdict.detail}"
+        raw = mark_spelled_citations(raw)
         answer.cited, answer.invalid_citations = parse_citations(raw, budget.chunks)
         answer.text = drop_invalid_markers(raw, budget.chunks)
 

@@ -20,6 +20,10 @@ COPY_WORDS = 45
 SHINGLE = 6  # words per shingle: short enough to survive re-spacing, long enough not to match common phrases
 REPEAT_WORDS = 8
 REPEAT_TIMES = 3
+# A phrase of the question or the material comes back naturally: restated in the first line, in a step and in the
+# conclusion ("công thức diện tích mặt cầu và thể tích khối cầu"). Counted as a loop only from this many times:
+# at 3, the benchmark's guard cut good answers short (bench/answer_eval.py, Qwen2.5-1.5B).
+REPEAT_TIMES_KNOWN = 5
 # A prompt line this long found in the answer is the model reading its instructions back, not answering.
 ECHO_CHARS = 24
 MIN_KEPT_CHARS = 20  # less than this before the degenerate part is not worth showing
@@ -61,12 +65,16 @@ def _keep(text: str, end: int) -> str:
 class DegenerateGuard:
     """Feed it the answer so far (the whole text each time); it answers a Verdict once the answer degenerates."""
 
-    def __init__(self, material: Sequence[str], instructions: Sequence[str] = (), *, copy_words: int = COPY_WORDS) -> None:
+    def __init__(self, material: Sequence[str], instructions: Sequence[str] = (), *, copy_words: int = COPY_WORDS,
+                 question: str = "") -> None:
         self.copy_words = copy_words
         self._shingles: set[tuple[str, ...]] = set()
-        for text in material:
+        self._known: set[tuple[str, ...]] = set()  # the question's and the material's REPEAT_WORDS-grams
+        for text in [*material, question]:
             words = [w for w, _ in _words(text)]
-            self._shingles.update(tuple(words[i:i + SHINGLE]) for i in range(len(words) - SHINGLE + 1))
+            if text is not question:
+                self._shingles.update(tuple(words[i:i + SHINGLE]) for i in range(len(words) - SHINGLE + 1))
+            self._known.update(tuple(words[i:i + REPEAT_WORDS]) for i in range(len(words) - REPEAT_WORDS + 1))
         self._echo = sorted({line for text in instructions for raw in text.splitlines()
                              if len(line := _normalized_line(raw)) >= ECHO_CHARS and "{" not in line}, key=len)
         self._checked_words = -1
@@ -110,7 +118,7 @@ class DegenerateGuard:
             # overlapping matches are one occurrence ("a a a a …" counts once per period)
             if not starts or i >= starts[-1] + REPEAT_WORDS:
                 starts.append(i)
-            if len(starts) >= REPEAT_TIMES:
+            if len(starts) >= (REPEAT_TIMES_KNOWN if key in self._known else REPEAT_TIMES):
                 return Verdict("repeat", _keep(text, words[starts[1]][1]),
                                f"repeated {' '.join(key)!r} {len(starts)} times")
         return None
@@ -141,9 +149,9 @@ def longest_copy(text: str, material: Sequence[str]) -> int:
     return best
 
 
-def judge(text: str, material: Sequence[str], instructions: Sequence[str] = ()) -> Verdict | None:
+def judge(text: str, material: Sequence[str], instructions: Sequence[str] = (), question: str = "") -> Verdict | None:
     """The verdict on a finished answer (what the benchmark uses for answers made without the guard)."""
-    return DegenerateGuard(material, instructions).feed(text)
+    return DegenerateGuard(material, instructions, question=question).feed(text)
 
 
 _KIND_VI = {

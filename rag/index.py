@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -28,6 +29,12 @@ REBUILD_COMMAND = "python -m ingest data/lessons --rebuild"
 # SQLite's own words for a file that is not (or no longer) a database: SQLITE_NOTADB (26) and SQLITE_CORRUPT (11).
 _DAMAGE_SIGNS = ("file is not a database", "database disk image is malformed", "(code: 26)", "(code: 11)")
 _PAGE = 2000  # rows per `get` call, well under Chroma's batch limit
+# Ids alone are small (50,000 ids ≈ 4 MB) and Chroma's offset paging rescans the rows before each page: reading 50k
+# ids in pages of 2,000 took 1.43 s, in pages of 100,000 0.13 s (bench/cold_start.py; this read is on every cold start)
+_ID_PAGE = 100_000
+_FILTER_OVERFETCH = 8  # neighbours asked per wanted one when a filter is applied afterwards (see `search`)
+_IDS_CACHE = 16  # filters whose admitted ids are remembered (ids_where)
+_IDS_FRESH_S = 5.0  # over a Chroma server: how long admitted ids are trusted
 GENERATION_FILE = ".vimath-generation"  # in the index folder; replaced (never edited) after every committed write
 LEXICAL_DIR = "lexical"  # in the index folder: the persisted BM25 (rag/ranking/lexical_store.py)
 CACHE_ENV = "VIMATH_CACHE_DIR"  # where replicas keep the BM25 of a Chroma server's collection
@@ -315,6 +322,8 @@ class LessonIndex:
         self._stamp = generation_stamp(settings.index_dir) if self.embedded and settings is not None else None
         self._reopen_lock = threading.Lock()
         self.generation = 0  # counts reopens and own writes: what a ranker caching derived data (BM25) compares
+        self._ids_cache: dict[str, tuple[int, float, frozenset[str]]] = {}  # ids_where: filter → (generation, when, ids)
+        self._ids_lock = threading.Lock()
         metadata = {"hnsw:space": "cosine", "embedder": identity.key(), "embedder_name": identity.describe()}
         self.collection = client.get_or_create_collection(self._collection_name(), metadata=metadata, embedding_function=None)
 
@@ -427,10 +436,10 @@ class LessonIndex:
     def count(self) -> int:
         return self._read(lambda collection: collection.count())
 
-    def _pages(self, where: dict[str, Any] | None, include: list[str]) -> Any:
+    def _pages(self, where: dict[str, Any] | None, include: list[str], size: int = _PAGE) -> Any:
         offset = 0
         while True:
-            page = self._read(lambda collection, at=offset: collection.get(where=where, include=include, limit=_PAGE, offset=at))
+            page = self._read(lambda collection, at=offset: collection.get(where=where, include=include, limit=size, offset=at))
             if not page["ids"]:
                 return
             yield page
@@ -438,7 +447,7 @@ class LessonIndex:
 
     def ids(self) -> list[str]:
         """Every chunk id (the cheapest full read: no metadata, text or vector)."""
-        return [i for page in self._pages(None, []) for i in page["ids"]]
+        return [i for page in self._pages(None, [], _ID_PAGE) for i in page["ids"]]
 
     def recorded_embedder(self) -> str:
         """The embedder key the collection records (what built its vectors and cut its chunks)."""
@@ -495,23 +504,66 @@ class LessonIndex:
             return [(StoredChunk(i, d, m), np.asarray(e, dtype=np.float32)) for i, d, m, e in rows]
         return self._read(read) if ids else []
 
-    def ids_where(self, where: dict[str, Any]) -> set[str]:
-        """Ids of the chunks a Chroma filter admits."""
-        return set(self._read(lambda collection: collection.get(where=where, include=[])["ids"]))
+    def ids_where(self, where: dict[str, Any]) -> frozenset[str]:
+        """Ids of the chunks a Chroma filter admits, remembered until the index changes: a grade's ids cost tens of ms
+        to read at 10,000 chunks, more than a question's whole search. Over a Chroma server, whose other writers this
+        process cannot see, for _IDS_FRESH_S at most (as BM25's freshness there)."""
+        self.refresh()
+        key, generation, now = json.dumps(where, sort_keys=True), self.generation, time.monotonic()
+        with self._ids_lock:
+            entry = self._ids_cache.get(key)
+            if entry is not None and entry[0] == generation and (self.embedded or now - entry[1] < _IDS_FRESH_S):
+                return entry[2]
+        ids = frozenset(self._read(lambda collection: collection.get(where=where, include=[])["ids"]))
+        with self._ids_lock:
+            self._ids_cache[key] = (generation, now, ids)  # a reopen meanwhile: stored under the old generation, so read again
+            while len(self._ids_cache) > _IDS_CACHE:
+                self._ids_cache.pop(next(iter(self._ids_cache)))
+        return ids
 
     def ids_of(self, source: str) -> list[str]:
         return [i for i, _ in self.metadatas({SOURCE: source})]
 
     def search(self, vector: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[Hit]:
-        """The k nearest chunks by cosine similarity."""
-        def read(collection: Any) -> list[Hit]:
-            total = collection.count()  # the same collection object for both calls, even if another thread reopens
-            if total == 0:
-                return []
-            res = collection.query(query_embeddings=[list(vector)], n_results=min(k, total), where=where,
-                                   include=["documents", "metadatas", "distances"])
-            rows = list(zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]))
-            if any(d is None or m is None or dist is None for _, d, m, dist in rows):
-                raise StaleView("a search result came back without its text or metadata")
-            return [Hit(i, d, m, 1.0 - float(dist)) for i, d, m, dist in rows]
-        return self._read(read)
+        """The k nearest chunks by cosine similarity (among those `where` admits).
+
+        With a filter, Chroma's own filtered query first reads every row the filter admits: ~25 ms more per
+        grade-scoped question at 10,000 chunks (bench/query_bench.py --grade). Instead the ids the filter admits are
+        remembered (`ids_where`), a few times more neighbours are found without the filter (ids and distances only,
+        ~2 ms), and only the k kept are read: the same chunks whenever enough of them are in scope. When too few
+        are, Chroma's filtered query decides.
+        """
+        if where is not None:
+            hits = self._search_kept(vector, k, self.ids_where(where))
+            if hits is not None:
+                return hits
+        return self._read(lambda collection: self._query(collection, vector, k, where))
+
+    def _search_kept(self, vector: Sequence[float], k: int, allowed: frozenset[str]) -> list[Hit] | None:
+        """The k nearest among `allowed`, from an unfiltered over-fetch; None when it cannot say (too few in scope)."""
+        def nearest(collection: Any) -> tuple[list[tuple[str, float]], bool]:
+            wanted = k * _FILTER_OVERFETCH
+            res = collection.query(query_embeddings=[[float(x) for x in vector]], n_results=wanted, include=["distances"])
+            return list(zip(res["ids"][0], res["distances"][0])), len(res["ids"][0]) < wanted  # fewer: every chunk
+
+        near, complete = self._read(nearest)
+        kept = [(i, d) for i, d in near if i in allowed][:k]
+        if len(kept) < k and not complete:
+            return None
+        if not kept:
+            return []
+        page = self._read(lambda collection: collection.get(ids=[i for i, _ in kept], include=["documents", "metadatas"]))
+        rows = {i: (d, m) for i, d, m in zip(page["ids"], page["documents"], page["metadatas"]) if d is not None and m is not None}
+        if len(rows) < len(kept):
+            return None  # removed by a write in between: let the filtered query answer for the content now
+        return [Hit(i, rows[i][0], rows[i][1], 1.0 - float(dist)) for i, dist in kept]
+
+    @staticmethod
+    def _query(collection: Any, vector: Sequence[float], k: int, where: dict[str, Any] | None) -> list[Hit]:
+        # no count() first: Chroma (1.5) returns what there is when asked for more, and counting cost ~1 ms a question
+        res = collection.query(query_embeddings=[[float(x) for x in vector]], n_results=k, where=where,
+                               include=["documents", "metadatas", "distances"])
+        rows = list(zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]))
+        if any(d is None or m is None or dist is None for _, d, m, dist in rows):
+            raise StaleView("a search result came back without its text or metadata")
+        return [Hit(i, d, m, 1.0 - float(dist)) for i, d, m, dist in rows]

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import httpx
-from langchain_core.language_models import BaseChatModel
 
 from rag.settings import Settings
+
+if TYPE_CHECKING:  # langchain-core costs ~0.4 s to import; settings validation and `rag search` never need it
+    from langchain_core.language_models import BaseChatModel
 
 _STATUS_TIMEOUT_S = 3.0
 _CONNECT_TIMEOUT_S = 5.0

@@ -28,8 +28,14 @@ class PromptFile:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:12]
 
 
+def load_prompt(name: str, folder: Path | None = None) -> PromptFile:
+    """A prompt from `folder`, by default the module's PROMPTS_DIR (bench/answer_eval.py --prompts points it at a
+    variant to compare without editing prompts/)."""
+    return _load(name, folder or PROMPTS_DIR)
+
+
 @cache
-def load_prompt(name: str, folder: Path = PROMPTS_DIR) -> PromptFile:
+def _load(name: str, folder: Path) -> PromptFile:
     return PromptFile(name, nfc((folder / f"{name}.md").read_text(encoding="utf-8")).strip())
 
 

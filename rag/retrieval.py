@@ -44,21 +44,26 @@ def _words(text: str) -> set[str]:
 
 def near_duplicate(a: Hit, b: Hit) -> bool:
     """Identical chunks (e.g. a re-ingested copy) or chunks that overlap almost entirely."""
+    return _near_duplicate(a, b, _words(a.text), _words(b.text))
+
+
+def _near_duplicate(a: Hit, b: Hit, wa: set[str], wb: set[str]) -> bool:
     if a.metadata.get(CHUNK_HASH) and a.metadata.get(CHUNK_HASH) == b.metadata.get(CHUNK_HASH):
         return True
-    wa, wb = _words(a.text), _words(b.text)
     if not wa or not wb:
         return wa == wb
     return len(wa & wb) / len(wa | wb) >= NEAR_DUPLICATE_JACCARD or wa <= wb or wb <= wa
 
 
 def dedupe(hits: list[Hit]) -> list[Hit]:
-    """Hits in order, without those that nearly duplicate a better one."""
-    kept: list[Hit] = []
+    """Hits in order, without those that nearly duplicate a better one (each hit's words read once: comparing every
+    pair re-read them and was most of a question's search time, ~14 of 17 ms for 15 hits)."""
+    kept: list[tuple[Hit, set[str]]] = []
     for hit in hits:
-        if not any(near_duplicate(hit, other) for other in kept):
-            kept.append(hit)
-    return kept
+        words = _words(hit.text)
+        if not any(_near_duplicate(hit, other, words, other_words) for other, other_words in kept):
+            kept.append((hit, words))
+    return [hit for hit, _ in kept]
 
 
 class Searcher:

@@ -16,6 +16,7 @@ from rag.answering import (
     drop_invalid_markers,
     estimate_tokens,
     fallback_standalone,
+    mark_spelled_citations,
     parse_citations,
 )
 from rag.index import Hit
@@ -71,6 +72,24 @@ def test_drop_invalid_markers_keeps_valid_numbers_only():
     assert drop_invalid_markers("x [1] y [9] z [2, 9]", 2) == "x [1] y  z [2]"
 
 
+def test_an_interval_in_a_formula_is_not_a_citation():
+    """"[1; 3]" inside $…$ is an interval: it was counted as citing 1 and 3, and "[0; 2]" lost its 0 to the marker filter."""
+    text = r"Với $x \in [1; 3]$ và $$y \in [0; 2]$$ và \(t \in [5, 6]\), ta có [2]."
+    assert parse_citations(text, 3) == ([2], [])
+    assert drop_invalid_markers(text, 3) == text
+
+
+@pytest.mark.parametrize(("said", "marked", "cited"), [
+    ("Từ đoạn tài liệu số 1, ta có", "Từ đoạn tài liệu số 1 [1], ta có", [1]),
+    ("theo đoạn số 2 [2] và tài liệu số 3.", "theo đoạn số 2 [2] và tài liệu số 3 [3].", [2, 3]),
+    ("Đoạn tài liệu 2 cho biết", "Đoạn tài liệu 2 [2] cho biết", [2]),
+    ("xét trên đoạn $[0; 1]$ và đoạn thẳng AB", "xét trên đoạn $[0; 1]$ và đoạn thẳng AB", []),  # an interval, a segment
+])
+def test_a_chunk_named_in_words_is_cited(said: str, marked: str, cited: list[int]):
+    assert mark_spelled_citations(said) == marked
+    assert parse_citations(mark_spelled_citations(said), 3)[0] == cited
+
+
 def test_prompt_holds_numbered_chunks_and_streams(fake):
     fake.reply = lambda messages, options: "Hàm số đồng biến khi $f'(x) > 0$ [2], theo định nghĩa [1]."
     t, _ = tutor(fake.url)
@@ -83,7 +102,8 @@ def test_prompt_holds_numbered_chunks_and_streams(fake):
     user = messages[-1]["content"]
     for number, (source, text) in enumerate(CHUNKS, start=1):
         assert f'<tài_liệu số="{number}" nguồn="{source}" mục="Bài">\n{text}\n</tài_liệu>' in user
-    assert user.rstrip().endswith("Câu hỏi của học sinh: Khi nào hàm số đồng biến?")
+    asked = "Câu hỏi của học sinh: Khi nào hàm số đồng biến?"
+    assert user.count(asked) == 1 and user.index(asked) > user.rindex("</tài_liệu>")  # after all the material
     assert answer.status == "ok" and answer.cited == [2, 1] and answer.invalid_citations == []
     assert [h.id for h in answer.cited_chunks] == ["id1", "id0"]
     assert answer.prompt_version.startswith("tutor_system@")

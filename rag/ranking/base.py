@@ -30,6 +30,11 @@ class QueryVectorCache(E5Embeddings):
     def wrap(cls, embeddings: E5Embeddings) -> QueryVectorCache:
         return embeddings if isinstance(embeddings, QueryVectorCache) else cls(embeddings)
 
+    def cached(self) -> int:
+        """How many query vectors are remembered now."""
+        with self._lock:
+            return len(self._vectors)
+
     def embed_query(self, text: str) -> list[float]:
         with self._lock:
             if text in self._vectors:

@@ -21,9 +21,8 @@ Every constant was chosen on the validation split (bench/tune_ranking.py prints 
 """
 from __future__ import annotations
 
-import json
 import re
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +47,6 @@ SECTION_WEIGHT = 0.3
 OPTIONS_WEIGHT = 0.5
 KIND_PRIOR = {"exercise": 0.8, "review": 0.8}  # other kinds 1.0
 
-_ALLOWED_CACHE = 16
 _OPTION = re.compile(r"(?:^|(?<=\s))\(?([A-D])[.):]\s+", re.MULTILINE)
 
 
@@ -138,25 +136,12 @@ class LessonRanker:
         self.embeddings = embeddings
         self.lexical = lexical
         self.params = params
-        self._allowed: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
-
-    def allowed(self, where: dict[str, Any] | None) -> set[str] | None:
-        """Ids a filter admits, for BM25 to filter exactly as the dense search; remembered per collection content,
-        since reading them for a grade at 10,000 chunks costs tens of ms, more than the whole query budget."""
-        if where is None:
-            return None
-        key = (self.lexical.current().key, json.dumps(where, sort_keys=True))
-        if key not in self._allowed:
-            self._allowed[key] = allowed_ids(self.index, where)
-            while len(self._allowed) > _ALLOWED_CACHE:
-                self._allowed.popitem(last=False)
-        return self._allowed[key]
 
     def candidates(self, query: str, where: dict[str, Any] | None) -> tuple[list[float], list[Hit], list[tuple[str, float]]]:
         """The query vector (the query in the lessons' LaTeX style), the dense hits and the BM25 (id, score) pairs."""
         pool = self.params.pool
         vector = self.embeddings.embed_query(for_embedding(query) if self.params.latex_query else query)
-        return vector, self.index.search(vector, pool, where), self.lexical.current().top(query, pool, self.allowed(where))
+        return vector, self.index.search(vector, pool, where), self.lexical.current().top(query, pool, allowed_ids(self.index, where))
 
     def rank(self, query: str, k: int, where: dict[str, Any] | None) -> list[Hit]:
         stem, options = split_mcq(query) if self.params.split_options else (query, None)
@@ -170,24 +155,16 @@ class LessonRanker:
             part_vector, dense, lexical = self.candidates(part, where)
             vector = vector or part_vector  # the stem's: hits are scored (for the guard) against the question proper
             hits.update({h.id: h for h in dense})
-            meta.update({h.id: h.metadata for h in dense})
-            missing = [i for i, _ in lexical if i not in meta]
-            if missing:
-                ids, metas = _ids_metas(self.index, missing)
-                meta.update(zip(ids, metas))
+            # BM25's candidates that the dense search did not return: read whole in one call (text, metadata, and the
+            # vector for their cosine), not their metadata now and the winners' text later (one round trip less)
+            hits.update({h.id: h for h in hits_for(self.index, [i for i, _ in lexical if i not in hits], vector)})
+            meta.update({i: h.metadata for i, h in hits.items() if i not in meta})
             for i, s in lexical:
                 bm25.setdefault(i, s)
             scored.append(final_scores([h.id for h in dense], [i for i, _ in lexical], meta, self.params))
         fused = combine(scored[0], scored[1] if len(scored) > 1 else None, self.params.options_weight)
         order = sorted(fused, key=lambda c: (-fused[c], c))[:k]
-        only_lexical = [(i, bm25[i]) for i in order if i not in hits]
-        hits.update({h.id: h for h in hits_for(self.index, [i for i, _ in only_lexical], vector)})
         return [_annotated(hits[i], fused[i], bm25.get(i)) for i in order if i in hits]
-
-
-def _ids_metas(index: LessonIndex, ids: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    page = index.collection.get(ids=ids, include=["metadatas"])
-    return page["ids"], [m or {} for m in page["metadatas"]]
 
 
 def _annotated(hit: Hit, score: float, bm25: float | None) -> Hit:

