@@ -392,9 +392,14 @@ def test_ctrl_c_exits_130_with_a_message(bundled_copy: Settings, lessons_copy: P
     source = SMALL[2]
     original = fingerprint_of(lessons_copy / source)
     edit(lessons_copy / source, "# Bài 3.", "# Bài 3 (bản mới).")
+    # Enough new chunks that the job is still embedding this file when the signal lands: with 11, a fast machine
+    # finished the whole job between the first progress line and the SIGINT, and exited 0 (seen in CI).
+    extra = [Path(__file__).resolve().parents[1] / "data/lessons" / name for name in ("lop12/07-nguyen-ham.md", "lop12/08-tich-phan.md")]
+    with (lessons_copy / source).open("a", encoding="utf-8") as f:
+        f.write("".join("\n\n" + path.read_text(encoding="utf-8") for path in extra))
     proc = start_ingest(lessons_copy, bundled_copy.index_dir)
     try:
-        seen = wait_for_progress(proc, 1)
+        seen = wait_for_progress(proc, 1, source=source)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
