@@ -312,8 +312,11 @@ PROGRESS = re.compile(rb"\[(\d+)/(\d+)\] (\S+): [^\r\n]*?(\d+)/(\d+) \[")
 
 def start_ingest(root: Path, index_dir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "VIMATH_EMBED_BATCH_SIZE": "2"}
+    # Ctrl-C as a terminal sends it: an ignored SIGINT is inherited, and Python then installs no handler of its own. In
+    # the full suite an earlier test left SIGINT ignored in pytest, so the child never saw the signal and exited 0.
     return subprocess.Popen([sys.executable, "-m", "ingest", str(root), "--index", str(index_dir)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
 
 
 def wait_for_progress(proc: subprocess.Popen[bytes], at_least: int, timeout_s: float = 180.0, source: str | None = None) -> bytes:
