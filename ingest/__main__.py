@@ -25,6 +25,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def text_bytes(files) -> int:
+    """The size of the lesson files, for the choice of engine (rag.backends.auto: is a model export worth it)."""
+    total = 0
+    for file in files:
+        try:
+            total += file.path.stat().st_size
+        except OSError:  # reported when the file is read
+            pass
+    return max(total, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from_args(args)
@@ -39,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: no lesson files ({describe_suffixes()}) under {', '.join(map(str, args.paths))}.", file=sys.stderr)
         return EXIT_NOTHING
     try:
-        index, embeddings = open_index(settings, rebuild=args.rebuild)
+        index, embeddings = open_index(settings, rebuild=args.rebuild, bulk=text_bytes(files))
     except VimathError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_NOTHING

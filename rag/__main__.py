@@ -12,7 +12,7 @@ from rag.cli_args import add_settings_args, cli_values, settings_from_args
 from rag.errors import VimathError
 from rag.index import Hit
 from rag.normalize import nfc
-from rag.retrieval import Filters
+from rag.retrieval import Filters, Searcher
 from rag.settings import Settings, provenance
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     searcher = open_searcher(settings)
     k = args.k or settings.top_k
-    filters = Filters(source=args.source, lesson=args.lesson, grade=args.grade)
+    filters = Filters(source=args.source, lesson=args.lesson, grade=args.grade, book=book_of(args, searcher))
     for query in queries:
         with profiling.stage("query"):
             hits = searcher.search(query, k, filters=filters)
@@ -100,7 +100,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not question:
         print("Error: give a question, e.g. python -m rag ask \"Hàm số đồng biến khi nào?\"", file=sys.stderr)
         return EXIT_ERROR
-    stream = Tutor(open_searcher(settings), settings).stream(question, k=args.k, filters=Filters(grade=args.grade))
+    searcher = open_searcher(settings)
+    filters = Filters(grade=args.grade, book=book_of(args, searcher))
+    stream = Tutor(searcher, settings).stream(question, k=args.k, filters=filters)
     for delta in stream:
         if not args.json:
             print(delta, end="", flush=True)
@@ -149,6 +151,19 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def add_grade_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grade", type=int, choices=range(1, 13), metavar="N",
                         help="only material of grade N and material without a grade (rag/grades.py says how a file gets one)")
+    parser.add_argument("--book", metavar="NAME",
+                        help="only material of this textbook series and material without one, e.g. \"Cánh diều\" or kntt "
+                             "(rag/books.py says how a file gets one)")
+
+
+def book_of(args: argparse.Namespace, searcher: Searcher) -> str | None:
+    """The index's book that --book names (any case, or a series' abbreviation); an unknown one is an error listing
+    the books the index has."""
+    if args.book is None:
+        return None
+    from rag.books import resolve_book
+
+    return resolve_book(args.book, searcher.books())
 
 
 def build_parser() -> argparse.ArgumentParser:

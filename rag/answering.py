@@ -32,6 +32,13 @@ NOT_IN_GRADE = ("Tài liệu lớp {grade} chưa có nội dung đủ sát với
 OTHER_GRADES = (" Mình thấy nội dung liên quan trong tài liệu {grades}: nếu câu hỏi thuộc lớp khác, em chọn lớp đó "
                 "(hoặc \"Tất cả\") ở thanh bên rồi hỏi lại nhé.")
 NO_OTHER_GRADE = " Các lớp khác cũng chưa có nội dung phù hợp; em hỏi thầy cô nhé."
+NOT_IN_BOOK = ("Tài liệu bộ sách “{book}” chưa có nội dung đủ sát với câu hỏi này, nên mình không trả lời để tránh đoán sai.")
+NOT_IN_GRADE_AND_BOOK = ("Tài liệu lớp {grade} của bộ sách “{book}” chưa có nội dung đủ sát với câu hỏi này, nên mình "
+                         "không trả lời để tránh đoán sai.")
+OTHER_BOOKS = (" Mình thấy nội dung liên quan trong {books}: nếu em học theo bộ sách khác, em chọn bộ sách đó "
+               "(hoặc \"Tất cả\") ở thanh bên rồi hỏi lại nhé.")
+NO_OTHER_BOOK = " Các bộ sách khác cũng chưa có nội dung phù hợp; em hỏi thầy cô nhé."
+NO_OTHER_GRADE_OR_BOOK = " Các lớp và bộ sách khác cũng chưa có nội dung phù hợp; em hỏi thầy cô nhé."
 CONTEXT_TOO_SMALL = ("Ngữ cảnh của mô hình quá nhỏ cho dù chỉ một đoạn tài liệu; hãy tăng VIMATH_NUM_CTX "
                      "(hiện là {num_ctx}).")
 
@@ -113,6 +120,7 @@ class Answer:
     retrieved: list[Hit] = field(default_factory=list)
     context_size: int = 0  # how many of the retrieved chunks went into the prompt (numbered 1..context_size)
     other_grades: list[int] = field(default_factory=list)  # grades whose material clears the guard when the chosen one did not
+    other_books: list[str] = field(default_factory=list)  # likewise for the chosen book
     cited: list[int] = field(default_factory=list)
     invalid_citations: list[int] = field(default_factory=list)
     model: str = ""
@@ -294,6 +302,37 @@ def not_in_grade_notice(grade: int, others: Sequence[int]) -> str:
     return NOT_IN_GRADE.format(grade=grade) + OTHER_GRADES.format(grades=", ".join(f"lớp {g}" for g in others))
 
 
+def other_books(searcher: Searcher, question: str, k: int, filters: Filters, min_score: float) -> list[str]:
+    """The books (other than the filter's) whose material clears the guard for the question, by name."""
+    wider = searcher.search(question, k, min_score=min_score, filters=replace(filters, book=None))
+    return sorted({str(h.metadata["book"]) for h in wider if h.metadata.get("book") not in (None, filters.book)})
+
+
+def not_in_book_notice(book: str, others: Sequence[str]) -> str:
+    """What the student reads when their book's material does not cover the question (Vietnamese)."""
+    if not others:
+        return NOT_IN_BOOK.format(book=book) + NO_OTHER_BOOK
+    return NOT_IN_BOOK.format(book=book) + OTHER_BOOKS.format(books=_books_named(others))
+
+
+def _books_named(books: Sequence[str]) -> str:
+    return ", ".join(f"bộ sách “{b}”" for b in books)
+
+
+def not_in_scope_notice(filters: Filters, grades: Sequence[int], books: Sequence[str]) -> str:
+    """The notice for a grade, a book, or both that do not cover the question, offering what does."""
+    if filters.book is None:
+        return not_in_grade_notice(filters.grade or 0, grades)
+    if filters.grade is None:
+        return not_in_book_notice(filters.book, books)
+    text = NOT_IN_GRADE_AND_BOOK.format(grade=filters.grade, book=filters.book)
+    if grades:
+        text += OTHER_GRADES.format(grades=", ".join(f"lớp {g}" for g in grades))
+    if books:
+        text += OTHER_BOOKS.format(books=_books_named(books))
+    return text if grades or books else text + NO_OTHER_GRADE_OR_BOOK
+
+
 class Tutor:
     """Answers a student's question from the indexed material through the configured LLM, streaming."""
 
@@ -386,9 +425,13 @@ class AnswerStream:
             self.on_retrieved(answer)
         if not covered(answer.retrieved, settings.min_score):
             answer.status, answer.notice = AnswerStatus.NOT_COVERED, NOT_COVERED
-            if self.filters.grade is not None:  # say so and offer the other grades; never widen silently
-                answer.other_grades = other_grades(tutor.searcher, answer.standalone_question, self.k, self.filters, settings.min_score)
-                answer.notice = not_in_grade_notice(self.filters.grade, answer.other_grades)
+            question, filters = answer.standalone_question, self.filters
+            if filters.grade is not None:  # say so and offer the other grades; never widen silently
+                answer.other_grades = other_grades(tutor.searcher, question, self.k, filters, settings.min_score)
+            if filters.book is not None:  # the same for the book
+                answer.other_books = other_books(tutor.searcher, question, self.k, filters, settings.min_score)
+            if filters.grade is not None or filters.book is not None:
+                answer.notice = not_in_scope_notice(filters, answer.other_grades, answer.other_books)
             return None
         if failure in _NO_SECOND_CALL:  # one question never pays the timeout twice
             answer.status, answer.notice = AnswerStatus.of(failure), failure_message(failure, settings)

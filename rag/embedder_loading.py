@@ -76,20 +76,22 @@ def choose(spec: str, hub_timeout_s: float) -> Choice:
 
 
 @lru_cache(maxsize=4)
-def _load(spec: str, local_files_only: bool, batch_size: int, backend: str) -> E5Embeddings:
+def _load(spec: str, local_files_only: bool, batch_size: int, backend: str, bulk: int) -> E5Embeddings:
     try:
-        engine = make_backend(backend, spec, local_files_only=local_files_only)
+        engine = make_backend(backend, spec, local_files_only=local_files_only, bulk=bulk)
     except (OSError, ValueError) as exc:
         raise EmbedderUnavailable(f"Could not load embedder {spec!r} with the {backend} backend: {exc}") from exc
     return E5Embeddings(engine, batch_size=batch_size)
 
 
 def load_embeddings(spec: str, *, hub_timeout_s: float = 3.0, batch_size: int = 16, announce: bool = True,
-                    reason: str | None = None, backend: str = DEFAULT_BACKEND) -> E5Embeddings:
-    """The embedder for `spec` run by `backend` (rag.backends), loaded once per process; says on stderr which and why."""
+                    reason: str | None = None, backend: str = DEFAULT_BACKEND, bulk: int = 0) -> E5Embeddings:
+    """The embedder for `spec` run by `backend` (rag.backends), loaded once per process; says on stderr which and why.
+    `bulk`: the bytes of lesson text this process will embed (ingest), so that `auto` may pick a faster engine with
+    the same vectors (rag.backends.auto)."""
     check_backend(backend)  # a bad name is refused before anything loads
     choice = choose(spec, hub_timeout_s)
-    embeddings = _load(choice.spec, choice.local_files_only, batch_size, backend)
+    embeddings = _load(choice.spec, choice.local_files_only, batch_size, backend, bulk)
     if announce:
         engine = getattr(embeddings.backend, "name", backend)
         print(f"Embedder: {embeddings.identity.describe()} via {engine} — {reason or choice.reason}; {HOW_TO_CHOOSE}.",

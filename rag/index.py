@@ -21,7 +21,20 @@ from chromadb.errors import ChromaError
 
 from rag.embeddings import EmbedderIdentity
 from rag.errors import VimathError
-from rag.schema import CHUNK_HASH, CHUNK_INDEX, FILE_CHUNKS, FILE_HASH, HEADING_PATH, LESSON, PAGE, SOURCE, ChunkMeta, body_of
+from rag.schema import (
+    BOOK,
+    CHUNK_HASH,
+    CHUNK_INDEX,
+    FILE_CHUNKS,
+    FILE_HASH,
+    HAS_BOOK,
+    HEADING_PATH,
+    LESSON,
+    PAGE,
+    SOURCE,
+    ChunkMeta,
+    body_of,
+)
 from rag.settings import Settings
 
 STAGING_SUFFIX = "__rebuild"
@@ -324,6 +337,7 @@ class LessonIndex:
         self.generation = 0  # counts reopens and own writes: what a ranker caching derived data (BM25) compares
         self._ids_cache: dict[str, tuple[int, float, frozenset[str]]] = {}  # ids_where: filter → (generation, when, ids)
         self._ids_lock = threading.Lock()
+        self._books: tuple[int, float, tuple[str, ...]] | None = None  # books(): (generation, when, books)
         metadata = {"hnsw:space": "cosine", "embedder": identity.key(), "embedder_name": identity.describe()}
         self.collection = client.get_or_create_collection(self._collection_name(), metadata=metadata, embedding_function=None)
 
@@ -520,6 +534,18 @@ class LessonIndex:
             while len(self._ids_cache) > _IDS_CACHE:
                 self._ids_cache.pop(next(iter(self._ids_cache)))
         return ids
+
+    def books(self) -> list[str]:
+        """The books (rag.books) the stored chunks name, sorted; remembered as `ids_where` remembers ids, because the
+        chat's book picker asks on every rerun and reading every booked chunk's metadata is not free."""
+        self.refresh()
+        generation, now, known = self.generation, time.monotonic(), self._books
+        if known is not None and known[0] == generation and (self.embedded or now - known[1] < _IDS_FRESH_S):
+            return list(known[2])
+        found = tuple(sorted({str(m[BOOK]) for page in self._pages({HAS_BOOK: True}, ["metadatas"])
+                              for m in page["metadatas"] if m and m.get(BOOK)}))
+        self._books = (generation, now, found)
+        return list(found)
 
     def ids_of(self, source: str) -> list[str]:
         return [i for i, _ in self.metadatas({SOURCE: source})]

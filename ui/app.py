@@ -42,6 +42,8 @@ _TOP_K_MAX = 20
 GRADE_LABEL = "Lớp của em"
 ALL_GRADES = "Tất cả"
 GRADE_CHOICES = (None, 10, 11, 12)  # None: every grade
+BOOK_LABEL = "Bộ sách"
+ALL_BOOKS = "Tất cả"
 WELCOME = ("Chào em! Mình là gia sư Toán, trả lời dựa trên tài liệu bài học của thầy cô và luôn ghi rõ nguồn. "
            "Em hãy đặt câu hỏi về bài học ở ô bên dưới nhé.")
 
@@ -124,6 +126,10 @@ def sidebar(settings: Settings, resources: IndexResources | None) -> tuple[int, 
         st.subheader("Tuỳ chọn")
         st.selectbox(GRADE_LABEL, GRADE_CHOICES, key="grade", format_func=lambda g: ALL_GRADES if g is None else f"Lớp {g}",
                      help="Chỉ tìm trong tài liệu của lớp này (và tài liệu chung không ghi lớp).")
+        books = index_books(resources)
+        if books:  # only when the teacher's material names a book: otherwise there is nothing to choose
+            st.selectbox(BOOK_LABEL, (None, *books), key="book", format_func=lambda b: ALL_BOOKS if b is None else b,
+                         help="Chỉ tìm trong tài liệu của bộ sách này (và tài liệu chung không ghi bộ sách).")
         k = st.slider("Số đoạn tài liệu truy xuất (top-k)", 1, max(_TOP_K_MAX, settings.top_k), settings.top_k, key="top_k")
         show_all = st.toggle(SHOW_ALL_LABEL, key="show_all", help="Dành cho giáo viên: mọi đoạn tìm được, kể cả đoạn không được trích dẫn.")
         st.button("Cuộc trò chuyện mới", on_click=new_conversation, icon=":material/add_comment:", width="stretch")
@@ -136,6 +142,18 @@ def chosen_grade() -> int | None:
     """The grade the student picked in the sidebar (remembered for the session); None for every grade."""
     grade = st.session_state.get("grade")
     return grade if grade in GRADE_CHOICES else None
+
+
+def index_books(resources: IndexResources | None) -> list[str]:
+    """The books of the index's material (the index remembers them until it changes)."""
+    return resources.searcher.books() if resources is not None else []
+
+
+def chosen_book(resources: IndexResources | None) -> str | None:
+    """The book the student picked in the sidebar (remembered for the session); None for every book, and when the
+    picked book is no longer in the index."""
+    book = st.session_state.get("book")
+    return book if book is not None and book in index_books(resources) else None
 
 
 def render_hits(hits: list[Hit], numbers: list[int]) -> None:
@@ -242,6 +260,11 @@ def record(log: ConversationLog | None, answer: Answer) -> int | None:
         return None
 
 
+def scope(resources: IndexResources) -> Filters:
+    """The grade and book the student picked."""
+    return Filters(grade=chosen_grade(), book=chosen_book(resources))
+
+
 def answer_question(question: str, settings: Settings, resources: IndexResources, k: int, show_all: bool,
                     log: ConversationLog | None) -> None:
     """Stream the answer to a new question, then show and log it."""
@@ -260,7 +283,7 @@ def answer_question(question: str, settings: Settings, resources: IndexResources
                 with early.container(), st.expander(CLOSEST_LABEL, expanded=False):
                     render_hits(answer.retrieved, list(range(1, len(answer.retrieved) + 1)))
 
-        stream = tutor(settings, resources).stream(question, history(chat), k=k, filters=Filters(grade=chosen_grade()), on_retrieved=show_retrieved,
+        stream = tutor(settings, resources).stream(question, history(chat), k=k, filters=scope(resources), on_retrieved=show_retrieved,
                                                    llm_failure=known_llm_failure(settings))
         try:
             stream_into(slot, stream)

@@ -26,8 +26,10 @@ class FiltersIn(BaseModel):
     source: str | None = Field(None, description="source file as ingested, e.g. lop12/08-tich-phan.md")
     lesson: str | None = Field(None, description="lesson title")
     grade: int | None = Field(None, ge=1, le=12, description="the student's grade: that grade's material and material without a grade")
+    book: str | None = Field(None, description="the student's textbook series, e.g. \"Cánh diều\" (any case; kntt, ctst "
+                             "abbreviate): that book's material and material without a book")
 
-    @field_validator("source", "lesson")
+    @field_validator("source", "lesson", "book")
     @classmethod
     def _nfc(cls, value: str | None) -> str | None:
         return clean(value) or None if value is not None else None

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from rag.answering import ChatFactory, Tutor
+from rag.api.errors import ApiError
 from rag.api.limits import GenerationGate
+from rag.books import BookError, resolve_book
 from rag.conversation_log import ConversationLog
 from rag.embeddings import E5Embeddings
 from rag.index import Hit, IndexMissing, LessonIndex, describe_location, make_client, recorded_identity
@@ -89,6 +91,19 @@ class TutorService:
 
     async def in_pool(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def scope(self, filters: dict[str, Any]) -> Filters:
+        """The request's filters (FiltersIn as a dict), its book resolved against the index's books (any case, or a
+        series' abbreviation); an unknown book is a 422 that lists the books the index has."""
+        book, index = filters.get("book"), self.index if self.index is not None else Searcher(self.ranker.inner).index
+        if book is not None and index is not None:  # over a bare ranker there is no list to check it against
+            with self.ranker.lock:  # the same Chroma client the rankers use
+                books = index.books()
+            try:
+                filters = {**filters, "book": resolve_book(book, books)}
+            except BookError as exc:
+                raise ApiError(422, "unknown_book", str(exc)) from None
+        return Filters(**filters)
 
     async def search(self, query: str, k: int, filters: Filters) -> list[Hit]:
         return await self.in_pool(self.retrieval_pool, lambda: self.searcher.search(query, k, filters=filters))

@@ -8,11 +8,12 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
+from rag.books import BookError, resolve_book, same_book
 from rag.cli_args import add_settings_args, settings_from_args
 from rag.embedder_loading import load_embeddings
 from rag.embeddings import E5Embeddings, EmbedderIdentity
@@ -72,6 +73,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="search each question within its own grade (and the material without a grade), as a student who picked it")
     parser.add_argument("--grade", type=int, choices=range(1, 13), metavar="N",
                         help="only the questions of grade N, each searched within grade N")
+    parser.add_argument("--book-scope", action="store_true",
+                        help="search each question within its own book (its `book` field; and the material without a book)")
+    parser.add_argument("--book", metavar="NAME",
+                        help="only the questions of this textbook series (e.g. \"Cánh diều\" or kntt), each searched within it")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the Markdown report")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for the Markdown and JSON reports")
     add_settings_args(parser)
@@ -131,6 +136,8 @@ def prepare(args: argparse.Namespace, settings: Settings, spec: str, questions: 
     """The index for one embedder, and the questions resolved against it (unmatched labels go to stderr)."""
     use_existing = bool(args.index_dir or args.chroma_host)
     index, embeddings, location = existing_index(settings) if use_existing else built_index(settings, spec, args.lessons)
+    if book_scope(args):
+        questions = with_index_books(questions, index.books())
     eval_set = resolve_against(index, questions)
     for unmatched in eval_set.unmatched:
         print(f"Unmatched label: {unmatched.describe()}", file=sys.stderr)
@@ -141,19 +148,37 @@ def prepare(args: argparse.Namespace, settings: Settings, spec: str, questions: 
     return Prepared(index, cached, location, eval_set)
 
 
+def book_scope(args: argparse.Namespace) -> bool:
+    return bool(args.book_scope or args.book is not None)
+
+
+def with_index_books(questions: list[Question], books: list[str]) -> list[Question]:
+    """The questions with their books as the index stores them (any case, or a series' abbreviation, in the file);
+    a book the index lacks is an error, since searching "within" it would search only the material without a book."""
+    out = []
+    for q in questions:
+        try:
+            out.append(q if q.book is None else replace(q, book=resolve_book(q.book, books)))
+        except BookError as exc:
+            raise DatasetError(f"question {q.id}: {exc}") from None
+    return out
+
+
 def run_config(config: Config, prepared: Prepared, settings: Settings, dataset: Path, split: str | None,
-               grade_scope: bool = False) -> RunResult:
+               grade_scope: bool = False, book_scope: bool = False) -> RunResult:
     """Evaluate one configuration through Searcher + make_ranker, exactly as the chat retrieves."""
     ranker = make_ranker(settings.model_copy(update={"retrieval_method": config.method}), prepared.index, prepared.embeddings)
     eval_set = prepared.eval_set
     identity = prepared.embeddings.identity
     with tqdm(total=len(eval_set.scorable), desc=f"{config.method}", unit="q", file=sys.stderr, disable=None) as bar:
-        summary, results = evaluate(Searcher(ranker), eval_set, progress=bar.update, grade_scope=grade_scope)
+        summary, results = evaluate(Searcher(ranker), eval_set, progress=bar.update, grade_scope=grade_scope,
+                                    book_scope=book_scope)
     short = Path(identity.spec).name if Path(identity.spec).is_absolute() else identity.spec
     return RunResult(name=f"{short} · {config.method}", embedder=identity.describe(), embedder_spec=identity.spec,
                      method=config.method, index=prepared.location, chunks=prepared.index.count(), dataset=str(dataset),
                      split=split, summary=summary, queries=results, unmatched=eval_set.unmatched,
-                     unscorable=[q.question.id for q in eval_set.unscorable], grade_scope=grade_scope)
+                     unscorable=[q.question.id for q in eval_set.unscorable], grade_scope=grade_scope,
+                     book_scope=book_scope)
 
 
 def keys_for(results: Sequence[RunResult], all_methods: bool) -> list[str]:
@@ -180,9 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         questions = load_questions(dataset, split)
         if args.grade is not None:
             questions = [q for q in questions if q.grade == args.grade]
+        if args.book is not None:
+            questions = [q for q in questions if same_book(q.book, args.book)]
         if not questions:
             raise DatasetError(f"{dataset}: no questions" + (f" with split {split!r}" if split else "")
-                               + (f" of grade {args.grade}" if args.grade is not None else ""))
+                               + (f" of grade {args.grade}" if args.grade is not None else "")
+                               + (f" of book {args.book!r}" if args.book is not None else ""))
         grade_scope = args.grade_scope or args.grade is not None
         wanted = configs(args, settings)
         prepared: dict[str, Prepared] = {}
@@ -190,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for config in wanted:
             if config.embedder not in prepared:
                 prepared[config.embedder] = prepare(args, settings, config.embedder, questions)
-            results.append(run_config(config, prepared[config.embedder], settings, dataset, split, grade_scope))
+            results.append(run_config(config, prepared[config.embedder], settings, dataset, split, grade_scope,
+                                      book_scope(args)))
     except (VimathError, FileNotFoundError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -200,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = markdown(results, keys, title, command)
     payload = comparison_json(results, keys)
     scope = f"grade{args.grade}" if args.grade is not None else "grade-scope" if args.grade_scope else ""
+    scope += f" book {args.book}" if args.book is not None else " book-scope" if args.book_scope else ""
     md, js = write_reports(args.out, report_stem(split, dataset, results, args.all_methods, scope), text, payload)
     print(f"Reports: {md}, {js}", file=sys.stderr)
     print(json.dumps(payload, ensure_ascii=False) if args.json else text)

@@ -63,6 +63,7 @@ class QuestionRecord(BaseModel):
     related: list[LabelRecord] = []
     type: str | None = None
     grade: Literal[10, 11, 12] | None = None  # the grade whose material answers it
+    book: Text | None = None  # the textbook series whose material answers it (rag/books.py), for --book-scope
     style: str | None = None  # how it is written: plain_math, mcq, word_problem, table, no_topic, no_diacritics
 
 
@@ -156,6 +157,7 @@ class Question:
     type: str | None = None
     grade: int | None = None  # the student's grade: given, else that of the correct labels' folders
     style: str | None = None  # how it is written (STYLES), for the per-style report
+    book: str | None = None  # the student's textbook series, NFC, when given
 
 
 def label_grade(labels: Sequence[Label]) -> int | None:
@@ -257,7 +259,7 @@ def parse_question(raw: Any) -> Question:
     correct = tuple(Label.parse(x.model_dump(exclude_none=True)) for x in record.correct)
     return Question(record.id, record.question, record.split, correct,
                     tuple(Label.parse(x.model_dump(exclude_none=True)) for x in record.related), record.type,
-                    record.grade if record.grade is not None else label_grade(correct), record.style)
+                    record.grade if record.grade is not None else label_grade(correct), record.style, record.book)
 
 
 def load_questions(path: Path, split: str | None = None) -> list[Question]:

@@ -49,6 +49,7 @@ class QueryResult:
     related_first: bool
     grade: int | None = None
     style: str | None = None
+    book: str | None = None
 
     @property
     def first_correct_rank(self) -> int | None:
@@ -62,7 +63,7 @@ class QueryResult:
     def to_json(self) -> dict[str, Any]:
         top = self.hits[0] if self.hits else None
         return {
-            "id": self.id, "question": self.question, "type": self.type, "grade": self.grade, "style": self.style,
+            "id": self.id, "question": self.question, "type": self.type, "grade": self.grade, "book": self.book, "style": self.style,
             "first_correct_rank": self.first_correct_rank, "related_first": self.related_first,
             "top1": None if top is None else {"id": top.id, "source": top.source, "heading_path": top.heading_path,
                                               "score": round(top.score, 6), "related": top.id in self.related,
@@ -89,6 +90,7 @@ class RunResult:
     unmatched: list[Unmatched] = field(default_factory=list)
     unscorable: list[str] = field(default_factory=list)
     grade_scope: bool = False  # each question searched within its own grade (and material without a grade)
+    book_scope: bool = False  # likewise within its own book
 
     @property
     def failed(self) -> list[QueryResult]:
@@ -109,7 +111,9 @@ class RunResult:
             "split": self.split,
             "k": DEPTH,
             "grade_scope": self.grade_scope,
+            "book_scope": self.book_scope,
             "by_grade": breakdown(self.queries, "grade"),
+            "by_book": breakdown(self.queries, "book"),
             "by_style": breakdown(self.queries, "style"),
             "failed": [q.to_json() for q in self.failed],
             "per_query": [q.to_json() for q in self.queries],
@@ -222,6 +226,8 @@ def markdown(results: Sequence[RunResult], keys: Sequence[str], title: str, comm
     scope = ("each question searched within its own grade and the material without a grade (--grade-scope)"
              if first.grade_scope else "every grade searched")
     lines += [f"Grade scope: {scope}.", ""]
+    if first.book_scope:
+        lines += ["Book scope: each question searched within its own book and the material without a book (--book-scope).", ""]
     lines += ["## By grade", "", *breakdown_table(results, keys, "grade")]
     lines += ["## By question style", "", *breakdown_table(results, keys, "style")]
     lines += ["## Labels that match no chunk", ""]

@@ -13,7 +13,6 @@ from rag.api.jobs import AnswerJob, answer_job, failure_error, raise_for_failure
 from rag.api.schemas import AskRequest, AskResponse
 from rag.api.service import TutorService
 from rag.api.sse import committed_stream, event
-from rag.retrieval import Filters
 
 router = APIRouter(tags=["tutor"])
 
@@ -33,7 +32,7 @@ def final_record(job: AnswerJob) -> dict[str, Any]:
 def _job(svc: TutorService, body: AskRequest, client: str):
     check_question(svc.settings, body.question, len(body.history))
     history = [Turn(t.question, t.answer) for t in body.history]
-    return answer_job(svc, body.question, history, body.k, Filters(**body.filters.model_dump()), client,
+    return answer_job(svc, body.question, history, body.k, svc.scope(body.filters.model_dump()), client,
                       body.conversation_id)
 
 

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Depends
 from rag.api.deps import caller, check_question, service
 from rag.api.schemas import Chunk, SearchRequest, SearchResponse
 from rag.api.service import TutorService
-from rag.retrieval import Filters
 
 router = APIRouter(tags=["tutor"])
 
@@ -15,5 +14,6 @@ router = APIRouter(tags=["tutor"])
 async def search(body: SearchRequest, svc: TutorService = Depends(service), _: str = Depends(caller)) -> SearchResponse:
     check_question(svc.settings, body.question)
     k = body.k or svc.settings.top_k
-    hits = await svc.search(body.question, k, Filters(**body.filters.model_dump()))
+    filters = await svc.in_pool(svc.retrieval_pool, svc.scope, body.filters.model_dump())
+    hits = await svc.search(body.question, k, filters)
     return SearchResponse(query=body.question, k=k, results=[Chunk.of(h, r) for r, h in enumerate(hits, start=1)])
