@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from test_grades import NoChat, make
+from test_ingest import chroma_server  # noqa: F401  (a real `chroma run`)
 from word_backend import WordBackend
 
 from rag.answering import AnswerStatus, Tutor, not_in_book_notice
@@ -275,3 +276,26 @@ def test_files_without_a_book_keep_their_fingerprint_and_a_new_sidecar_reingests
     assert changed.embedded == 0  # the same chunks: their vectors are reused
     assert {m["source"]: m.get("book") for _, m in index.metadatas()} == {CD10: CANH_DIEU, COMMON: KET_NOI}
     assert index.books() == [CANH_DIEU, KET_NOI]
+
+
+def test_book_scope_over_a_chroma_server(chroma_server: int, lessons_copy: Path, tiny_st_model: Path) -> None:  # noqa: F811
+    """The has_book `$ne` filter as a Chroma *server* evaluates it (not only the embedded client): a book's chunks and
+    the chunks without a book, never another book's."""
+    from test_ingest import ingest
+
+    from rag.settings import load_settings
+    from rag.workspace import open_searcher
+
+    (lessons_copy / "lop10" / SIDECAR).write_text('book = "kntt"\n', encoding="utf-8")
+    (lessons_copy / "lop12" / SIDECAR).write_text('book = "Cánh diều"\n', encoding="utf-8")  # lop11: no book
+    server = ("--chroma-host", "127.0.0.1", "--chroma-port", chroma_server)
+    assert ingest(lessons_copy, *server, "--embedder", tiny_st_model, "--quiet") == 0
+    searcher = open_searcher(load_settings(chroma_host="127.0.0.1", chroma_port=chroma_server, retrieval_method="dense",
+                                           embedder=str(tiny_st_model)), announce=False)
+    assert searcher.books() == sorted([KET_NOI, CANH_DIEU])
+    everything = {h.source for h in searcher.search("hàm số giới hạn tam giác tiệm cận", 50)}
+    assert {s.split("/")[0] for s in everything} == {"lop10", "lop11", "lop12"}
+    scoped = {h.source for h in searcher.search("hàm số giới hạn tam giác tiệm cận", 50, filters=Filters(book=CANH_DIEU))}
+    assert {s.split("/")[0] for s in scoped} == {"lop11", "lop12"}
+    both = {h.source for h in searcher.search("hàm số", 50, filters=Filters(book=KET_NOI, grade=11))}
+    assert {s.split("/")[0] for s in both} == {"lop11"}  # kntt's lop10 is grade 10; lop12 is another book
