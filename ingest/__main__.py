@@ -33,7 +33,7 @@ def text_bytes(files) -> int:
             total += file.path.stat().st_size
         except OSError:  # reported when the file is read
             pass
-    return max(total, 1)
+    return max(total, 1)  # at least 1: 0 tells the embedder loading "no bulk work" (a process that embeds questions)
 
 
 def main(argv: list[str] | None = None) -> int:

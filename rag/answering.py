@@ -289,23 +289,28 @@ def covered(hits: Sequence[Hit], min_score: float) -> bool:
     return bool(hits) and max(h.score for h in hits) >= min_score
 
 
+def _other_scopes(searcher: Searcher, question: str, k: int, filters: Filters, min_score: float, key: str) -> list:
+    """The values of `key` (grade, book) other than the filter's whose material clears the guard for the question,
+    searched with that one scope widened (the other kept), sorted."""
+    wider = searcher.search(question, k, min_score=min_score, filters=replace(filters, **{key: None}))
+    return sorted({h.metadata[key] for h in wider if h.metadata.get(key) not in (None, getattr(filters, key))})
+
+
 def other_grades(searcher: Searcher, question: str, k: int, filters: Filters, min_score: float) -> list[int]:
     """The grades (other than the filter's) whose material clears the guard for the question, in order."""
-    wider = searcher.search(question, k, min_score=min_score, filters=replace(filters, grade=None))
-    return sorted({int(h.metadata["grade"]) for h in wider if h.metadata.get("grade") not in (None, filters.grade)})
+    return [int(g) for g in _other_scopes(searcher, question, k, filters, min_score, "grade")]
+
+
+def other_books(searcher: Searcher, question: str, k: int, filters: Filters, min_score: float) -> list[str]:
+    """The books (other than the filter's) whose material clears the guard for the question, by name."""
+    return [str(b) for b in _other_scopes(searcher, question, k, filters, min_score, "book")]
 
 
 def not_in_grade_notice(grade: int, others: Sequence[int]) -> str:
     """What the student reads when their grade's material does not cover the question (Vietnamese)."""
     if not others:
         return NOT_IN_GRADE.format(grade=grade) + NO_OTHER_GRADE
-    return NOT_IN_GRADE.format(grade=grade) + OTHER_GRADES.format(grades=", ".join(f"lớp {g}" for g in others))
-
-
-def other_books(searcher: Searcher, question: str, k: int, filters: Filters, min_score: float) -> list[str]:
-    """The books (other than the filter's) whose material clears the guard for the question, by name."""
-    wider = searcher.search(question, k, min_score=min_score, filters=replace(filters, book=None))
-    return sorted({str(h.metadata["book"]) for h in wider if h.metadata.get("book") not in (None, filters.book)})
+    return NOT_IN_GRADE.format(grade=grade) + OTHER_GRADES.format(grades=_grades_named(others))
 
 
 def not_in_book_notice(book: str, others: Sequence[str]) -> str:
@@ -313,6 +318,10 @@ def not_in_book_notice(book: str, others: Sequence[str]) -> str:
     if not others:
         return NOT_IN_BOOK.format(book=book) + NO_OTHER_BOOK
     return NOT_IN_BOOK.format(book=book) + OTHER_BOOKS.format(books=_books_named(others))
+
+
+def _grades_named(grades: Sequence[int]) -> str:
+    return ", ".join(f"lớp {g}" for g in grades)
 
 
 def _books_named(books: Sequence[str]) -> str:
@@ -327,7 +336,7 @@ def not_in_scope_notice(filters: Filters, grades: Sequence[int], books: Sequence
         return not_in_book_notice(filters.book, books)
     text = NOT_IN_GRADE_AND_BOOK.format(grade=filters.grade, book=filters.book)
     if grades:
-        text += OTHER_GRADES.format(grades=", ".join(f"lớp {g}" for g in grades))
+        text += OTHER_GRADES.format(grades=_grades_named(grades))
     if books:
         text += OTHER_BOOKS.format(books=_books_named(books))
     return text if grades or books else text + NO_OTHER_GRADE_OR_BOOK

@@ -9,7 +9,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from test_grades import NoChat, make
+from test_grades import NoChat, ingested, make
 from test_ingest import chroma_server  # noqa: F401  (a real `chroma run`)
 from word_backend import WordBackend
 
@@ -100,14 +100,7 @@ KNTT10, CD10, CD11, CD12, COMMON = DOCS
 
 @pytest.fixture
 def book_index(tmp_path: Path) -> tuple[LessonIndex, E5Embeddings]:
-    root = tmp_path / "lessons"
-    for relative, text in DOCS.items():
-        make(root, relative, text)
-    embeddings = E5Embeddings(WordBackend())
-    index = LessonIndex.open(Settings(index_dir=tmp_path / "index"), embeddings.identity)
-    report = IngestJob(index, embeddings).run(discover([root])[0])
-    assert report.counts()["added"] == len(DOCS)
-    return index, embeddings
+    return ingested(tmp_path, DOCS)
 
 
 def test_ingest_stores_the_book_and_its_flag_only_when_known(book_index) -> None:

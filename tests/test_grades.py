@@ -66,17 +66,22 @@ DOCS = {
 }
 
 
-@pytest.fixture
-def graded_index(tmp_path: Path) -> tuple[LessonIndex, E5Embeddings]:
+def ingested(tmp_path: Path, docs: dict[str, str]) -> tuple[LessonIndex, E5Embeddings]:
+    """A real index of `docs` (stored name → text), ingested with the word-count embedder; every file added."""
     root = tmp_path / "lessons"
-    for relative, text in DOCS.items():
+    for relative, text in docs.items():
         make(root, relative, text)
     embeddings = E5Embeddings(WordBackend())
     index = LessonIndex.open(Settings(index_dir=tmp_path / "index"), embeddings.identity)
     files, _ = discover([root])
     report = IngestJob(index, embeddings).run(files)
-    assert report.counts()["added"] == 4
+    assert report.counts()["added"] == len(docs)
     return index, embeddings
+
+
+@pytest.fixture
+def graded_index(tmp_path: Path) -> tuple[LessonIndex, E5Embeddings]:
+    return ingested(tmp_path, DOCS)
 
 
 def test_ingest_stores_grade_and_kind(graded_index) -> None:

@@ -45,15 +45,20 @@ def fake() -> Iterator[FakeOllama]:
         yield server
 
 
-@pytest.fixture
-def env(lesson_index: Path, fake: FakeOllama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Point the app at the test index, a fresh log and the fake Ollama; nothing else from the outer environment."""
+def point_app_at(index: Path, fake: FakeOllama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point the app at `index`, a fresh log and the fake Ollama; nothing else from the outer environment."""
     for name in [n for n in os.environ if n.startswith("VIMATH_")] + ["OLLAMA_HOST"]:
         monkeypatch.delenv(name, raising=False)
-    values = ui_env(lesson_index, f"sqlite:///{tmp_path / 'log.db'}", fake.url)
+    values = ui_env(index, f"sqlite:///{tmp_path / 'log.db'}", fake.url)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
+
+
+@pytest.fixture
+def env(lesson_index: Path, fake: FakeOllama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The app on the test index."""
+    return point_app_at(lesson_index, fake, tmp_path, monkeypatch)
 
 
 class Clock:
@@ -531,12 +536,8 @@ def book_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def book_env(book_index: Path, fake: FakeOllama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in [n for n in os.environ if n.startswith("VIMATH_")] + ["OLLAMA_HOST"]:
-        monkeypatch.delenv(name, raising=False)
-    values = ui_env(book_index, f"sqlite:///{tmp_path / 'log.db'}", fake.url)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
+    """The app on an index whose material names books."""
+    return point_app_at(book_index, fake, tmp_path, monkeypatch)
 
 
 def test_no_book_picker_when_the_material_names_no_book(env: dict[str, str]) -> None:

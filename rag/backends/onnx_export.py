@@ -122,6 +122,20 @@ def _temp_beside(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
+def _quiet(logger: str | None) -> Iterator[None]:
+    """Only errors from this logger (None: the root logger) while the block runs: ONNX Runtime's tools log freely."""
+    import logging
+
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """One exporter per folder at a time (two ingest processes may start together)."""
     from filelock import FileLock
@@ -228,18 +242,11 @@ def _export_graph(pipeline, example: tuple, inputs: tuple[str, ...], target: Pat
 
 def _fuse(source: Path, target: Path, config) -> dict[str, int]:
     """ONNX Runtime's offline transformer fusion; the counts of fused kernels (empty: nothing matched)."""
-    import logging
-
     from onnxruntime.transformers.optimizer import optimize_model
 
-    quiet = logging.getLogger("onnxruntime.transformers")  # it logs every pattern it tries
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with _quiet("onnxruntime.transformers"):  # it logs every pattern it tries
         optimized = optimize_model(str(source), model_type="bert", num_heads=int(config.num_attention_heads),
                                    hidden_size=int(config.hidden_size), opt_level=0)
-    finally:
-        quiet.setLevel(level)
     fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     if not fusions.get("Attention"):
         return {}  # the pattern did not match this architecture: nothing worth a different graph
@@ -280,21 +287,14 @@ def _make_pipeline_class():  # torch is heavy: define the nn.Module only when an
 
 def _quantize(folder: Path) -> None:
     """Dynamic int8 quantisation of the float32 export (weights int8, activations quantised per batch)."""
-    import logging
-
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs a "consider pre-processing" warning meant for static calibration
-    try:
-        with _temp_beside(folder / INT8) as tmp:
-            # DefaultTensorType: fused kernels (com.microsoft domain) have no ONNX shape inference to tell their types.
-            quantize_dynamic(str(folder / FP32), str(tmp), weight_type=QuantType.QInt8, per_channel=QUANT_PER_CHANNEL,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        root.setLevel(level)
+    # quiet: quantize_dynamic logs (on the root logger) a "consider pre-processing" warning meant for static calibration
+    with _quiet(None), _temp_beside(folder / INT8) as tmp:
+        # DefaultTensorType: fused kernels (com.microsoft domain) have no ONNX shape inference to tell their types.
+        quantize_dynamic(str(folder / FP32), str(tmp), weight_type=QuantType.QInt8, per_channel=QUANT_PER_CHANNEL,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     marker = _read_marker(folder)
     marker["files"][INT8] = (folder / INT8).stat().st_size
     marker["int8_scheme"] = INT8_SCHEME
